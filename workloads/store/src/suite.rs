@@ -1,0 +1,1 @@
+//! Behavioural suite (being written).
