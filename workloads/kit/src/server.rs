@@ -1,0 +1,230 @@
+//! The HTTP stack every workload serves through, outermost first: correlation id + request span
+//! -> metrics -> panic catcher -> load shedding over a process-wide concurrency limit -> request
+//! timeout -> body limit -> the workload's routes, with JSON fallbacks for unknown routes.
+//! [`serve`] runs a router until the shutdown token is cancelled, then lets in-flight requests
+//! finish.
+
+use crate::correlation;
+use crate::error::{self, ApiError};
+use crate::metrics::{self, Metrics};
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt as _;
+use caas_config::ServerConfig;
+use caas_domain::ErrorCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tower::BoxError;
+use tower::ServiceBuilder;
+
+/// HTTP protections.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub body_limit: usize,
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+}
+
+impl From<&ServerConfig> for HttpSettings {
+    fn from(c: &ServerConfig) -> Self {
+        Self {
+            body_limit: c.body_limit_bytes,
+            timeout: Duration::from_millis(c.request_timeout_ms),
+            max_concurrency: c.max_concurrent_requests.max(1),
+        }
+    }
+}
+
+async fn handle_overload(err: BoxError) -> ApiError {
+    if err.is::<tower::load_shed::error::Overloaded>() {
+        ApiError::new(ErrorCode::Overloaded, "too many requests in flight; retry")
+            .with_retry_after(1)
+    } else if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(ErrorCode::Unavailable, "request timed out")
+    } else {
+        ApiError::internal(err)
+    }
+}
+
+/// Wraps a workload's routes in the standard stack.
+pub fn wrap(router: Router, metrics: &Arc<Metrics>, s: &HttpSettings) -> Router {
+    let limit = tower::limit::GlobalConcurrencyLimitLayer::new(s.max_concurrency);
+    router
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(s.body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(handle_overload))
+                .load_shed()
+                .layer(limit)
+                .timeout(s.timeout),
+        )
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                ErrorCode::Internal,
+                "internal error",
+            ))
+        }))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics.clone(),
+            metrics::layer,
+        ))
+        .layer(axum::middleware::from_fn(correlation::layer))
+}
+
+/// Binds `addr`.
+pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "Failed to set TCP_NODELAY.");
+        }
+    });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stop.cancelled().await })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::{get, post};
+    use http::Request;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct In {
+        a: u32,
+    }
+
+    fn app() -> Router {
+        let r = Router::new()
+            .route("/x", post(|error::Json(_): error::Json<In>| async { "ok" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            );
+        wrap(
+            r,
+            &Metrics::new(),
+            &HttpSettings {
+                body_limit: 64,
+                timeout: Duration::from_millis(50),
+                max_concurrency: 8,
+            },
+        )
+    }
+
+    async fn call(req: Request<Body>) -> (u16, serde_json::Value, http::HeaderMap) {
+        let resp = app().oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            headers,
+        )
+    }
+
+    fn post_json(body: &str, ct: Option<&str>) -> Request<Body> {
+        let mut b = Request::post("/x");
+        if let Some(ct) = ct {
+            b = b.header("content-type", ct);
+        }
+        b.body(Body::from(body.to_string())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn bad_input_gets_coded_errors() {
+        let cases = [
+            (
+                post_json("{", Some("application/json")),
+                400,
+                "malformed_json",
+            ),
+            (
+                post_json(r#"{"a":1,"b":2}"#, Some("application/json")),
+                400,
+                "unknown_field",
+            ),
+            (
+                post_json(r#"{"a":"x"}"#, Some("application/json")),
+                400,
+                "invalid_argument",
+            ),
+            (
+                post_json(r#"{"a":1}"#, Some("text/plain")),
+                415,
+                "unsupported_media_type",
+            ),
+            (post_json(r#"{"a":1}"#, None), 415, "unsupported_media_type"),
+            (
+                post_json(
+                    &format!(r#"{{"a":1,"pad":"{}"}}"#, "x".repeat(100)),
+                    Some("application/json"),
+                ),
+                413,
+                "payload_too_large",
+            ),
+        ];
+        for (req, status, code) in cases {
+            let (s, body, _) = call(req).await;
+            assert_eq!(
+                (s, body["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{body}"
+            );
+        }
+        let (s, body, _) = call(Request::get("/nope").body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (404, Some("not_found"))
+        );
+        let (s, body, _) = call(Request::delete("/x").body(Body::empty()).unwrap()).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (405, Some("method_not_allowed"))
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_and_correlation_id() {
+        let (s, body, h) = call(
+            Request::get("/slow")
+                .header("x-correlation-id", "abc-1")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (503, Some("unavailable"))
+        );
+        assert_eq!(h.get("x-correlation-id").unwrap(), "abc-1");
+        let (_, _, h) = call(post_json(r#"{"a":1}"#, Some("application/json"))).await;
+        assert!(h.get("x-correlation-id").is_some(), "made up when absent");
+    }
+}
