@@ -121,7 +121,9 @@ pub fn authorize(req: &Request<'_>) -> Result<(), DomainError> {
         Scope::Own if !own => Err(denied(role, req)),
         Scope::Own => Ok(()),
         Scope::Any => {
-            if req.resource == Resource::Member && !own {
+            // Acting on another member needs rank; so does changing one's own role (an admin
+            // must not make itself owner).
+            if req.resource == Resource::Member && (!own || req.action == Action::Update) {
                 check_rank(role, req)?;
             }
             Ok(())
@@ -272,6 +274,10 @@ mod tests {
         r.new_role = Some(Role::Owner);
         r.target_role = Some(Role::Admin);
         assert!(authorize(&r).is_ok(), "owners transfer ownership");
+        let mut own = req(&me, Some(Role::Admin), g, Member, Update, Some(&me));
+        own.target_role = Some(Role::Admin);
+        own.new_role = Some(Role::Owner);
+        assert!(authorize(&own).is_err(), "admins cannot promote themselves");
         // Moderators remove members but not admins; members only leave.
         let mut rm = req(&me, Some(Role::Moderator), g, Member, Delete, Some(&other));
         rm.target_role = Some(Role::Member);
