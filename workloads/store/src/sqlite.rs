@@ -435,7 +435,12 @@ fn apply_one(c: &Connection, ev: &LogEvent) -> Result<Outcome> {
         | ConversationEvent::MemberAdded(_)
         | ConversationEvent::MemberRemoved(_)
         | ConversationEvent::MemberUpdated(_)
-        | ConversationEvent::ConversationUpdated(_) => Ok(Outcome::Applied),
+        | ConversationEvent::ConversationUpdated(_) => {
+            if load_conversation(c, t, conv_id)?.is_none() {
+                return Ok(Outcome::Skipped);
+            }
+            Ok(Outcome::Applied)
+        }
     }
 }
 
@@ -566,12 +571,18 @@ impl Store for SqliteStore {
             to_json(credential)?,
         );
         self.write(move |c| {
-            c.execute(
-                "INSERT INTO credentials (app_id, tenant_id, doc) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(app_id) DO UPDATE SET tenant_id = ?2, doc = ?3",
-                params![app, t, doc],
-            )
-            .map_err(sql)?;
+            // An app id owned by another tenant is never taken over.
+            let n = c
+                .execute(
+                    "INSERT INTO credentials (app_id, tenant_id, doc) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(app_id) DO UPDATE SET doc = ?3
+                     WHERE credentials.tenant_id = ?2",
+                    params![app, t, doc],
+                )
+                .map_err(sql)?;
+            if n == 0 {
+                return Err(StoreError::AlreadyExists);
+            }
             Ok(())
         })
         .await
