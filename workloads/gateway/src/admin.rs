@@ -19,15 +19,24 @@ use time::OffsetDateTime;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/v1/tenants", post(create_tenant).get(list_tenants))
-        .route("/admin/v1/tenants/{tenant_id}", get(get_tenant).put(put_tenant).delete(delete_tenant))
+        .route(
+            "/admin/v1/tenants/{tenant_id}",
+            get(get_tenant).put(put_tenant).delete(delete_tenant),
+        )
         .route("/admin/v1/tenants/{tenant_id}/suspend", post(suspend))
         .route("/admin/v1/tenants/{tenant_id}/resume", post(resume))
-        .route("/admin/v1/tenants/{tenant_id}/credentials", post(rotate_credentials))
+        .route(
+            "/admin/v1/tenants/{tenant_id}/credentials",
+            post(rotate_credentials),
+        )
         .route(
             "/admin/v1/tenants/{tenant_id}/credentials/{app_id}",
             put(register_credential).delete(revoke_credential),
         )
-        .route("/admin/v1/tenants/{tenant_id}/users/{user_id}/revoke-tokens", post(revoke_user))
+        .route(
+            "/admin/v1/tenants/{tenant_id}/users/{user_id}/revoke-tokens",
+            post(revoke_user),
+        )
         .route("/admin/v1/audit", get(list_audit))
 }
 
@@ -88,8 +97,15 @@ fn now() -> OffsetDateTime {
 
 fn features(mut f: Vec<String>) -> Result<Vec<String>, ApiError> {
     for x in &f {
-        if x.is_empty() || x.len() > 64 || !x.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-            return Err(ApiError::invalid("features are 1-64 characters of A-Z a-z 0-9 - _ ."));
+        if x.is_empty()
+            || x.len() > 64
+            || !x
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(ApiError::invalid(
+                "features are 1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
         }
     }
     f.sort();
@@ -98,7 +114,10 @@ fn features(mut f: Vec<String>) -> Result<Vec<String>, ApiError> {
 }
 
 async fn new_credential(s: &AppState, tenant: &TenantId) -> Result<NewCredential, ApiError> {
-    let cred = NewCredential { app_id: random::id("app_"), app_secret: random::secret("sk_") };
+    let cred = NewCredential {
+        app_id: random::id("app_"),
+        app_secret: random::secret("sk_"),
+    };
     s.store
         .put_credential(&AppCredential {
             app_id: cred.app_id.clone(),
@@ -112,15 +131,26 @@ async fn new_credential(s: &AppState, tenant: &TenantId) -> Result<NewCredential
 }
 
 async fn view(s: &AppState, id: &TenantId) -> Result<TenantView, ApiError> {
-    let tenant = s.store.get_tenant(id).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    let tenant = s
+        .store
+        .get_tenant(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
     let credentials = s
         .store
         .list_credentials(id)
         .await?
         .into_iter()
-        .map(|c| CredentialInfo { app_id: c.app_id, created_at: c.created_at, expires_at: c.expires_at })
+        .map(|c| CredentialInfo {
+            app_id: c.app_id,
+            created_at: c.created_at,
+            expires_at: c.expires_at,
+        })
         .collect();
-    Ok(TenantView { tenant, credentials })
+    Ok(TenantView {
+        tenant,
+        credentials,
+    })
 }
 
 async fn create_tenant(
@@ -140,12 +170,27 @@ async fn create_tenant(
         updated_at: t,
     };
     s.store.create_tenant(&tenant).await.map_err(|e| match e {
-        caas_store::StoreError::AlreadyExists => ApiError::new(ErrorCode::AlreadyExists, "tenant exists"),
+        caas_store::StoreError::AlreadyExists => {
+            ApiError::new(ErrorCode::AlreadyExists, "tenant exists")
+        }
         e => e.into(),
     })?;
     let credentials = new_credential(&s, &tenant.id).await?;
-    s.audit(&tenant.id, "admin", "tenant.create", format!("tenant:{}", tenant.id), serde_json::json!({"app_id": credentials.app_id})).await;
-    Ok((StatusCode::CREATED, Json(Created { tenant, credentials })))
+    s.audit(
+        &tenant.id,
+        "admin",
+        "tenant.create",
+        format!("tenant:{}", tenant.id),
+        serde_json::json!({"app_id": credentials.app_id}),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            tenant,
+            credentials,
+        }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,12 +200,20 @@ struct ListQuery {
     limit: Option<u32>,
 }
 
-async fn list_tenants(State(s): State<AppState>, _admin: Admin, Query(q): Query<ListQuery>) -> Result<Json<Vec<Tenant>>, ApiError> {
+async fn list_tenants(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<Tenant>>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(s.store.list_tenants(q.after.as_ref(), limit).await?))
 }
 
-async fn get_tenant(State(s): State<AppState>, _admin: Admin, Path(id): Path<TenantId>) -> Result<Json<TenantView>, ApiError> {
+async fn get_tenant(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<TenantId>,
+) -> Result<Json<TenantView>, ApiError> {
     Ok(Json(view(&s, &id).await?))
 }
 
@@ -173,12 +226,23 @@ async fn put_tenant(
 ) -> Result<(StatusCode, Json<TenantView>), ApiError> {
     caas_domain::model::validate_name("name", &req.name)?;
     let t = now();
-    let status = if req.suspended { TenantStatus::Suspended } else { TenantStatus::Active };
+    let status = if req.suspended {
+        TenantStatus::Suspended
+    } else {
+        TenantStatus::Active
+    };
     let features = features(req.features)?;
     let existing = s.store.get_tenant(&id).await?;
     let code = match existing {
         Some(old) => {
-            let tenant = Tenant { name: req.name, status, quotas: req.quotas.unwrap_or(old.quotas.clone()), features, updated_at: t, ..old.clone() };
+            let tenant = Tenant {
+                name: req.name,
+                status,
+                quotas: req.quotas.unwrap_or(old.quotas.clone()),
+                features,
+                updated_at: t,
+                ..old.clone()
+            };
             if tenant != old {
                 s.store.put_tenant(&tenant).await?;
                 s.audit(&id, "admin", "tenant.update", format!("tenant:{id}"), serde_json::json!({"status": tenant.status, "quotas": tenant.quotas, "features": tenant.features})).await;
@@ -186,12 +250,27 @@ async fn put_tenant(
             StatusCode::OK
         }
         None => {
-            let tenant = Tenant { id: id.clone(), name: req.name, status, quotas: req.quotas.unwrap_or_default(), features, created_at: t, updated_at: t };
+            let tenant = Tenant {
+                id: id.clone(),
+                name: req.name,
+                status,
+                quotas: req.quotas.unwrap_or_default(),
+                features,
+                created_at: t,
+                updated_at: t,
+            };
             match s.store.create_tenant(&tenant).await {
                 Ok(()) | Err(caas_store::StoreError::AlreadyExists) => {}
                 Err(e) => return Err(e.into()),
             }
-            s.audit(&id, "admin", "tenant.create", format!("tenant:{id}"), serde_json::json!({})).await;
+            s.audit(
+                &id,
+                "admin",
+                "tenant.create",
+                format!("tenant:{id}"),
+                serde_json::json!({}),
+            )
+            .await;
             StatusCode::CREATED
         }
     };
@@ -199,32 +278,70 @@ async fn put_tenant(
     Ok((code, Json(view(&s, &id).await?)))
 }
 
-async fn set_status(s: &AppState, id: &TenantId, status: TenantStatus) -> Result<Json<TenantView>, ApiError> {
-    let mut tenant = s.store.get_tenant(id).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+async fn set_status(
+    s: &AppState,
+    id: &TenantId,
+    status: TenantStatus,
+) -> Result<Json<TenantView>, ApiError> {
+    let mut tenant = s
+        .store
+        .get_tenant(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
     if tenant.status != status {
         tenant.status = status;
         tenant.updated_at = now();
         s.store.put_tenant(&tenant).await?;
-        let action = if status == TenantStatus::Suspended { "tenant.suspend" } else { "tenant.resume" };
-        s.audit(id, "admin", action, format!("tenant:{id}"), serde_json::json!({})).await;
+        let action = if status == TenantStatus::Suspended {
+            "tenant.suspend"
+        } else {
+            "tenant.resume"
+        };
+        s.audit(
+            id,
+            "admin",
+            action,
+            format!("tenant:{id}"),
+            serde_json::json!({}),
+        )
+        .await;
     }
     s.auth.invalidate_tenant(id);
     Ok(Json(view(s, id).await?))
 }
 
-async fn suspend(State(s): State<AppState>, _admin: Admin, Path(id): Path<TenantId>) -> Result<Json<TenantView>, ApiError> {
+async fn suspend(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<TenantId>,
+) -> Result<Json<TenantView>, ApiError> {
     set_status(&s, &id, TenantStatus::Suspended).await
 }
 
-async fn resume(State(s): State<AppState>, _admin: Admin, Path(id): Path<TenantId>) -> Result<Json<TenantView>, ApiError> {
+async fn resume(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<TenantId>,
+) -> Result<Json<TenantView>, ApiError> {
     set_status(&s, &id, TenantStatus::Active).await
 }
 
 /// Deletes the tenant and all of its data. The audit trail keeps the record of it.
-async fn delete_tenant(State(s): State<AppState>, _admin: Admin, Path(id): Path<TenantId>) -> Result<StatusCode, ApiError> {
+async fn delete_tenant(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<TenantId>,
+) -> Result<StatusCode, ApiError> {
     match s.store.delete_tenant(&id).await {
         Ok(()) => {
-            s.audit(&id, "admin", "tenant.delete", format!("tenant:{id}"), serde_json::json!({})).await;
+            s.audit(
+                &id,
+                "admin",
+                "tenant.delete",
+                format!("tenant:{id}"),
+                serde_json::json!({}),
+            )
+            .await;
         }
         Err(caas_store::StoreError::NotFound) => {}
         Err(e) => return Err(e.into()),
@@ -256,7 +373,10 @@ async fn rotate_credentials(
             .map_err(|e| ApiError::new(ErrorCode::MalformedJson, e.to_string()))?
             .grace_seconds
     };
-    s.store.get_tenant(&id).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    s.store
+        .get_tenant(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
     let expires = now() + time::Duration::seconds(grace.min(30 * 86_400) as i64);
     for mut c in s.store.list_credentials(&id).await? {
         if c.expires_at.is_none_or(|e| e > expires) {
@@ -265,7 +385,14 @@ async fn rotate_credentials(
         }
     }
     let cred = new_credential(&s, &id).await?;
-    s.audit(&id, "admin", "credentials.rotate", format!("tenant:{id}"), serde_json::json!({"app_id": cred.app_id, "grace_seconds": grace})).await;
+    s.audit(
+        &id,
+        "admin",
+        "credentials.rotate",
+        format!("tenant:{id}"),
+        serde_json::json!({"app_id": cred.app_id, "grace_seconds": grace}),
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(cred)))
 }
 
@@ -282,18 +409,34 @@ async fn register_credential(
     Path((id, app_id)): Path<(TenantId, String)>,
     Json(req): Json<Register>,
 ) -> Result<StatusCode, ApiError> {
-    if app_id.len() < 4 || app_id.len() > 128 || !app_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-        return Err(ApiError::new(ErrorCode::InvalidId, "app id must be 4-128 characters of A-Z a-z 0-9 _ -"));
+    if app_id.len() < 4
+        || app_id.len() > 128
+        || !app_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidId,
+            "app id must be 4-128 characters of A-Z a-z 0-9 _ -",
+        ));
     }
     if req.app_secret.len() < 32 || req.app_secret.len() > 256 {
         return Err(ApiError::invalid("app secret must be 32-256 characters"));
     }
-    s.store.get_tenant(&id).await?.ok_or_else(|| ApiError::not_found("tenant"))?;
+    s.store
+        .get_tenant(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
     if let Some(existing) = s.store.get_credential(&app_id).await? {
         if existing.tenant_id != id {
-            return Err(ApiError::new(ErrorCode::Conflict, "app id belongs to another tenant"));
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "app id belongs to another tenant",
+            ));
         }
-        if existing.secret_hash == random::hash_secret(&req.app_secret) && existing.expires_at.is_none() {
+        if existing.secret_hash == random::hash_secret(&req.app_secret)
+            && existing.expires_at.is_none()
+        {
             return Ok(StatusCode::OK);
         }
     }
@@ -306,7 +449,14 @@ async fn register_credential(
             expires_at: None,
         })
         .await?;
-    s.audit(&id, "admin", "credentials.register", format!("tenant:{id}/app:{app_id}"), serde_json::json!({})).await;
+    s.audit(
+        &id,
+        "admin",
+        "credentials.register",
+        format!("tenant:{id}/app:{app_id}"),
+        serde_json::json!({}),
+    )
+    .await;
     Ok(StatusCode::CREATED)
 }
 
@@ -315,10 +465,22 @@ async fn revoke_credential(
     _admin: Admin,
     Path((id, app_id)): Path<(TenantId, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let mut c = s.store.get_credential(&app_id).await?.filter(|c| c.tenant_id == id).ok_or_else(|| ApiError::not_found("credential"))?;
+    let mut c = s
+        .store
+        .get_credential(&app_id)
+        .await?
+        .filter(|c| c.tenant_id == id)
+        .ok_or_else(|| ApiError::not_found("credential"))?;
     c.expires_at = Some(now());
     s.store.put_credential(&c).await?;
-    s.audit(&id, "admin", "credentials.revoke", format!("tenant:{id}/app:{app_id}"), serde_json::json!({})).await;
+    s.audit(
+        &id,
+        "admin",
+        "credentials.revoke",
+        format!("tenant:{id}/app:{app_id}"),
+        serde_json::json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -329,7 +491,14 @@ async fn revoke_user(
 ) -> Result<StatusCode, ApiError> {
     s.store.revoke_user_tokens(&id, &user, now()).await?;
     s.auth.invalidate_user(&id, &user);
-    s.audit(&id, "admin", "user.revoke_tokens", format!("tenant:{id}/user:{user}"), serde_json::json!({})).await;
+    s.audit(
+        &id,
+        "admin",
+        "user.revoke_tokens",
+        format!("tenant:{id}/user:{user}"),
+        serde_json::json!({}),
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -349,9 +518,21 @@ struct AuditPage {
 }
 
 /// The audit trail, newest first.
-async fn list_audit(State(s): State<AppState>, _admin: Admin, Query(q): Query<AuditQuery>) -> Result<Json<AuditPage>, ApiError> {
+async fn list_audit(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = s.store.list_audit(q.tenant_id.as_ref(), q.before.as_deref(), limit).await?;
-    let next_before = (entries.len() as u32 == limit).then(|| entries.last().map(|e| e.id.clone())).flatten();
-    Ok(Json(AuditPage { entries, next_before }))
+    let entries = s
+        .store
+        .list_audit(q.tenant_id.as_ref(), q.before.as_deref(), limit)
+        .await?;
+    let next_before = (entries.len() as u32 == limit)
+        .then(|| entries.last().map(|e| e.id.clone()))
+        .flatten();
+    Ok(Json(AuditPage {
+        entries,
+        next_before,
+    }))
 }

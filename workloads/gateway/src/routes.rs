@@ -73,21 +73,32 @@ async fn exchange_token(
     }
     let d = s
         .limiter
-        .check(&format!("token:{}", req.app_id), s.config.limits.token_exchanges_per_minute_per_app)
+        .check(
+            &format!("token:{}", req.app_id),
+            s.config.limits.token_exchanges_per_minute_per_app,
+        )
         .await;
     if !d.allowed {
-        return Err(ApiError::new(ErrorCode::RateLimited, "too many token requests")
-            .with_retry_after(d.retry_after.as_secs().max(1)));
+        return Err(
+            ApiError::new(ErrorCode::RateLimited, "too many token requests")
+                .with_retry_after(d.retry_after.as_secs().max(1)),
+        );
     }
     let cred = s.store.get_credential(&req.app_id).await?.ok_or_else(bad)?;
     if cred.expires_at.is_some_and(|e| e <= now())
-        || !caas_kit::random::constant_time_eq(&caas_kit::random::hash_secret(&req.app_secret), &cred.secret_hash)
+        || !caas_kit::random::constant_time_eq(
+            &caas_kit::random::hash_secret(&req.app_secret),
+            &cred.secret_hash,
+        )
     {
         return Err(bad());
     }
     let tenant = s.auth.tenant(&cred.tenant_id).await?.ok_or_else(bad)?;
     if !tenant.is_active() {
-        return Err(ApiError::new(ErrorCode::TenantSuspended, "the tenant is suspended"));
+        return Err(ApiError::new(
+            ErrorCode::TenantSuspended,
+            "the tenant is suspended",
+        ));
     }
     if let Some(name) = &req.name {
         model::validate_name("name", name)?;
@@ -138,8 +149,15 @@ async fn get_user(
     caller: Caller,
     Path(user_id): Path<UserId>,
 ) -> Result<Json<User>, ApiError> {
-    let user = s.store.get_user(caller.tenant(), &user_id).await?.ok_or_else(|| ApiError::not_found("user"))?;
-    Ok(Json(User { tokens_valid_after: None, ..user }))
+    let user = s
+        .store
+        .get_user(caller.tenant(), &user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    Ok(Json(User {
+        tokens_valid_after: None,
+        ..user
+    }))
 }
 
 /// Creates or updates the caller's own profile.
@@ -153,7 +171,9 @@ async fn put_user(
     Json(req): Json<UserUpsert>,
 ) -> Result<Json<User>, ApiError> {
     if &user_id != caller.user() {
-        return Err(ApiError::forbidden("users may only change their own profile"));
+        return Err(ApiError::forbidden(
+            "users may only change their own profile",
+        ));
     }
     model::validate_name("name", &req.name)?;
     let data = req.data.unwrap_or_else(|| serde_json::json!({}));
@@ -175,8 +195,13 @@ async fn put_user(
 /// Logs the caller out everywhere: every token issued until now stops working.
 #[utoipa::path(post, path = "/v1/me/revoke-tokens", tag = "users", security(("bearer" = [])),
     responses((status = 204), (status = 401, body = ErrorBody)))]
-async fn revoke_my_tokens(State(s): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
-    s.store.revoke_user_tokens(caller.tenant(), caller.user(), now()).await?;
+async fn revoke_my_tokens(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
+    s.store
+        .revoke_user_tokens(caller.tenant(), caller.user(), now())
+        .await?;
     s.auth.invalidate_user(caller.tenant(), caller.user());
     Ok(StatusCode::NO_CONTENT)
 }
@@ -199,7 +224,10 @@ async fn create_conversation(
     others.sort();
     others.dedup();
     if others.len() > model::MAX_INITIAL_MEMBERS {
-        return Err(ApiError::invalid(format!("at most {} members at creation", model::MAX_INITIAL_MEMBERS)));
+        return Err(ApiError::invalid(format!(
+            "at most {} members at creation",
+            model::MAX_INITIAL_MEMBERS
+        )));
     }
     for field in [("name", &req.name), ("topic", &req.topic)] {
         if let Some(v) = field.1 {
@@ -209,7 +237,9 @@ async fn create_conversation(
     let id = match req.kind {
         ConversationKind::Direct => {
             if others.len() != 1 {
-                return Err(ApiError::invalid("a direct conversation has exactly one other member"));
+                return Err(ApiError::invalid(
+                    "a direct conversation has exactly one other member",
+                ));
             }
             if req.id.is_some() {
                 return Err(ApiError::invalid("direct conversations have a derived id"));
@@ -237,7 +267,11 @@ async fn create_conversation(
         last_message: None,
         member_count: 0,
     };
-    let creator_role = if req.kind == ConversationKind::Direct { Role::Member } else { Role::Owner };
+    let creator_role = if req.kind == ConversationKind::Direct {
+        Role::Member
+    } else {
+        Role::Owner
+    };
     let member = |user: &UserId, role| Member {
         tenant_id: caller.tenant().clone(),
         conversation_id: id.clone(),
@@ -254,19 +288,44 @@ async fn create_conversation(
         Err(caas_store::StoreError::AlreadyExists) if req.kind == ConversationKind::Direct => {
             let access = s.access(&caller, &id).await?;
             access.decide(&caller, Resource::Conversation, Action::Read, None)?;
-            return Ok((StatusCode::OK, Json(ConversationView { conversation: access.conversation, membership: access.member })));
+            return Ok((
+                StatusCode::OK,
+                Json(ConversationView {
+                    conversation: access.conversation,
+                    membership: access.member,
+                }),
+            ));
         }
         Err(caas_store::StoreError::AlreadyExists) => {
-            return Err(ApiError::new(ErrorCode::AlreadyExists, "a conversation with this id exists"));
+            return Err(ApiError::new(
+                ErrorCode::AlreadyExists,
+                "a conversation with this id exists",
+            ));
         }
         Err(e) => return Err(e.into()),
     }
     for m in &members {
-        let ev = ConversationEvent::MemberAdded(MemberChanged { user_id: m.user_id.clone(), role: Some(m.role), by: me.clone(), at: t });
-        s.announce(caller.tenant(), &id, &caller.correlation_id, ev).await;
+        let ev = ConversationEvent::MemberAdded(MemberChanged {
+            user_id: m.user_id.clone(),
+            role: Some(m.role),
+            by: me.clone(),
+            at: t,
+        });
+        s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
+            .await;
     }
-    let stored = s.store.get_conversation(caller.tenant(), &id).await?.unwrap_or(conversation);
-    Ok((StatusCode::CREATED, Json(ConversationView { conversation: stored, membership: Some(members.remove(0)) })))
+    let stored = s
+        .store
+        .get_conversation(caller.tenant(), &id)
+        .await?
+        .unwrap_or(conversation);
+    Ok((
+        StatusCode::CREATED,
+        Json(ConversationView {
+            conversation: stored,
+            membership: Some(members.remove(0)),
+        }),
+    ))
 }
 
 /// The caller's conversations, most recently active first, with unread counts and the last
@@ -288,12 +347,18 @@ async fn list_conversations(
         limit: page_limit(q.limit, 50)?,
         include_archived: q.include_archived.unwrap_or(false),
     };
-    let list = s.store.list_user_conversations(caller.tenant(), caller.user(), &page).await?;
+    let list = s
+        .store
+        .list_user_conversations(caller.tenant(), caller.user(), &page)
+        .await?;
     Ok(Json(ConversationListView {
         conversations: list
             .items
             .into_iter()
-            .map(|(conversation, m)| ConversationView { conversation, membership: Some(m) })
+            .map(|(conversation, m)| ConversationView {
+                conversation,
+                membership: Some(m),
+            })
             .collect(),
         next_cursor: list.next,
     }))
@@ -309,7 +374,10 @@ async fn get_conversation(
 ) -> Result<Json<ConversationView>, ApiError> {
     let access = s.access(&caller, &id).await?;
     access.decide(&caller, Resource::Conversation, Action::Read, None)?;
-    Ok(Json(ConversationView { conversation: access.conversation, membership: access.member }))
+    Ok(Json(ConversationView {
+        conversation: access.conversation,
+        membership: access.member,
+    }))
 }
 
 /// Renames, changes the topic, archives or unarchives.
@@ -324,8 +392,12 @@ async fn update_conversation(
 ) -> Result<Json<ConversationView>, ApiError> {
     let access = s.access(&caller, &id).await?;
     access.decide(&caller, Resource::Conversation, Action::Update, None)?;
-    if access.conversation.kind == ConversationKind::Direct && (req.name.is_some() || req.topic.is_some()) {
-        return Err(ApiError::invalid("direct conversations have no name or topic"));
+    if access.conversation.kind == ConversationKind::Direct
+        && (req.name.is_some() || req.topic.is_some())
+    {
+        return Err(ApiError::invalid(
+            "direct conversations have no name or topic",
+        ));
     }
     for field in [("name", &req.name), ("topic", &req.topic)] {
         if let Some(v) = field.1 {
@@ -339,10 +411,24 @@ async fn update_conversation(
         archived_at: req.archived.map(|a| a.then_some(t)),
         updated_at: Some(t),
     };
-    let conv = s.store.update_conversation(caller.tenant(), &id, &patch).await?;
+    let conv = s
+        .store
+        .update_conversation(caller.tenant(), &id, &patch)
+        .await?;
     if let Some(a) = req.archived {
-        let action = if a { "conversation.archive" } else { "conversation.unarchive" };
-        s.audit(caller.tenant(), &format!("user:{}", caller.user()), action, format!("conversation:{id}"), serde_json::json!({})).await;
+        let action = if a {
+            "conversation.archive"
+        } else {
+            "conversation.unarchive"
+        };
+        s.audit(
+            caller.tenant(),
+            &format!("user:{}", caller.user()),
+            action,
+            format!("conversation:{id}"),
+            serde_json::json!({}),
+        )
+        .await;
     }
     let ev = ConversationEvent::ConversationUpdated(ConversationChanged {
         name: conv.name.clone(),
@@ -351,8 +437,12 @@ async fn update_conversation(
         by: caller.user().clone(),
         at: t,
     });
-    s.announce(caller.tenant(), &id, &caller.correlation_id, ev).await;
-    Ok(Json(ConversationView { conversation: conv, membership: access.member }))
+    s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
+        .await;
+    Ok(Json(ConversationView {
+        conversation: conv,
+        membership: access.member,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,9 +460,17 @@ async fn list_members(
     let access = s.access(&caller, &id).await?;
     access.decide(&caller, Resource::Member, Action::Read, None)?;
     let limit = page_limit(q.limit, 100)?;
-    let members = s.store.list_members(caller.tenant(), &id, q.cursor.as_ref(), limit).await?;
-    let next_cursor = (members.len() as u32 == limit).then(|| members.last().map(|m| m.user_id.to_string())).flatten();
-    Ok(Json(MemberList { members, next_cursor }))
+    let members = s
+        .store
+        .list_members(caller.tenant(), &id, q.cursor.as_ref(), limit)
+        .await?;
+    let next_cursor = (members.len() as u32 == limit)
+        .then(|| members.last().map(|m| m.user_id.to_string()))
+        .flatten();
+    Ok(Json(MemberList {
+        members,
+        next_cursor,
+    }))
 }
 
 /// Adds a member (owners and admins), or joins a channel (anyone, for themselves).
@@ -388,8 +486,19 @@ async fn add_member(
     let access = s.access(&caller, &id).await?;
     let role = req.role.unwrap_or(Role::Member);
     let new_role = (role != Role::Member).then_some(role);
-    access.decide_member(&caller, Resource::Member, Action::Create, Some(&req.user_id), None, new_role)?;
-    if s.store.get_user(caller.tenant(), &req.user_id).await?.is_none() {
+    access.decide_member(
+        &caller,
+        Resource::Member,
+        Action::Create,
+        Some(&req.user_id),
+        None,
+        new_role,
+    )?;
+    if s.store
+        .get_user(caller.tenant(), &req.user_id)
+        .await?
+        .is_none()
+    {
         return Err(ApiError::invalid(format!("unknown user {}", req.user_id)));
     }
     let t = now();
@@ -403,14 +512,29 @@ async fn add_member(
         unread_count: 0,
     };
     s.store.add_member(&member).await.map_err(|e| match e {
-        caas_store::StoreError::AlreadyExists => ApiError::new(ErrorCode::AlreadyExists, "already a member"),
+        caas_store::StoreError::AlreadyExists => {
+            ApiError::new(ErrorCode::AlreadyExists, "already a member")
+        }
         e => e.into(),
     })?;
     if role != Role::Member {
-        s.audit(caller.tenant(), &format!("user:{}", caller.user()), "member.role_change", format!("conversation:{id}/user:{}", req.user_id), serde_json::json!({"role": role})).await;
+        s.audit(
+            caller.tenant(),
+            &format!("user:{}", caller.user()),
+            "member.role_change",
+            format!("conversation:{id}/user:{}", req.user_id),
+            serde_json::json!({"role": role}),
+        )
+        .await;
     }
-    let ev = ConversationEvent::MemberAdded(MemberChanged { user_id: req.user_id, role: Some(role), by: caller.user().clone(), at: t });
-    s.announce(caller.tenant(), &id, &caller.correlation_id, ev).await;
+    let ev = ConversationEvent::MemberAdded(MemberChanged {
+        user_id: req.user_id,
+        role: Some(role),
+        by: caller.user().clone(),
+        at: t,
+    });
+    s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
+        .await;
     Ok((StatusCode::CREATED, Json(member)))
 }
 
@@ -425,16 +549,38 @@ async fn remove_member(
 ) -> Result<StatusCode, ApiError> {
     let access = s.access(&caller, &id).await?;
     let target = s.store.get_member(caller.tenant(), &id, &user_id).await?;
-    access.decide_member(&caller, Resource::Member, Action::Delete, Some(&user_id), target.as_ref().map(|m| m.role), None)?;
+    access.decide_member(
+        &caller,
+        Resource::Member,
+        Action::Delete,
+        Some(&user_id),
+        target.as_ref().map(|m| m.role),
+        None,
+    )?;
     if target.is_none() {
         return Err(ApiError::not_found("member"));
     }
-    s.store.remove_member(caller.tenant(), &id, &user_id).await?;
+    s.store
+        .remove_member(caller.tenant(), &id, &user_id)
+        .await?;
     if &user_id != caller.user() {
-        s.audit(caller.tenant(), &format!("user:{}", caller.user()), "member.remove", format!("conversation:{id}/user:{user_id}"), serde_json::json!({})).await;
+        s.audit(
+            caller.tenant(),
+            &format!("user:{}", caller.user()),
+            "member.remove",
+            format!("conversation:{id}/user:{user_id}"),
+            serde_json::json!({}),
+        )
+        .await;
     }
-    let ev = ConversationEvent::MemberRemoved(MemberChanged { user_id, role: None, by: caller.user().clone(), at: now() });
-    s.announce(caller.tenant(), &id, &caller.correlation_id, ev).await;
+    let ev = ConversationEvent::MemberRemoved(MemberChanged {
+        user_id,
+        role: None,
+        by: caller.user().clone(),
+        at: now(),
+    });
+    s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -450,11 +596,20 @@ async fn change_role(
 ) -> Result<Json<Member>, ApiError> {
     let access = s.access(&caller, &id).await?;
     let target = s.store.get_member(caller.tenant(), &id, &user_id).await?;
-    access.decide_member(&caller, Resource::Member, Action::Update, Some(&user_id), target.as_ref().map(|m| m.role), Some(req.role))?;
+    access.decide_member(
+        &caller,
+        Resource::Member,
+        Action::Update,
+        Some(&user_id),
+        target.as_ref().map(|m| m.role),
+        Some(req.role),
+    )?;
     let Some(mut target) = target else {
         return Err(ApiError::not_found("member"));
     };
-    s.store.set_member_role(caller.tenant(), &id, &user_id, req.role).await?;
+    s.store
+        .set_member_role(caller.tenant(), &id, &user_id, req.role)
+        .await?;
     s.audit(
         caller.tenant(),
         &format!("user:{}", caller.user()),
@@ -464,8 +619,14 @@ async fn change_role(
     )
     .await;
     target.role = req.role;
-    let ev = ConversationEvent::MemberUpdated(MemberChanged { user_id, role: Some(req.role), by: caller.user().clone(), at: now() });
-    s.announce(caller.tenant(), &id, &caller.correlation_id, ev).await;
+    let ev = ConversationEvent::MemberUpdated(MemberChanged {
+        user_id,
+        role: Some(req.role),
+        by: caller.user().clone(),
+        at: now(),
+    });
+    s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
+        .await;
     Ok(Json(target))
 }
 
@@ -480,11 +641,23 @@ async fn mark_read(
     Json(req): Json<MarkRead>,
 ) -> Result<Json<Member>, ApiError> {
     let access = s.access(&caller, &id).await?;
-    access.decide(&caller, Resource::ReadMarker, Action::Update, Some(caller.user()))?;
+    access.decide(
+        &caller,
+        Resource::ReadMarker,
+        Action::Update,
+        Some(caller.user()),
+    )?;
     if access.member.is_none() {
-        return Err(ApiError::new(ErrorCode::NotMember, "only members have read markers"));
+        return Err(ApiError::new(
+            ErrorCode::NotMember,
+            "only members have read markers",
+        ));
     }
-    let head = s.bus.high_watermark(topics::CONVERSATION_EVENTS, s.partition_of(&id)).await? - 1;
+    let head = s
+        .bus
+        .high_watermark(topics::CONVERSATION_EVENTS, s.partition_of(&id))
+        .await?
+        - 1;
     let position = match req.position {
         Some(p) if p < -1 => return Err(ApiError::invalid("position must be >= -1")),
         Some(p) => p.min(head),
@@ -492,9 +665,17 @@ async fn mark_read(
     };
     // Count against what was published before: the unread count is exact once stored.
     s.wait_persisted(&id).await?;
-    let member = s.store.mark_read(caller.tenant(), &id, caller.user(), position).await?;
-    let ev = ConversationEvent::ReadUpdated(ReadUpdated { user_id: caller.user().clone(), position: member.last_read_position, at: now() });
-    s.announce(caller.tenant(), &id, &caller.correlation_id, ev).await;
+    let member = s
+        .store
+        .mark_read(caller.tenant(), &id, caller.user(), position)
+        .await?;
+    let ev = ConversationEvent::ReadUpdated(ReadUpdated {
+        user_id: caller.user().clone(),
+        position: member.last_read_position,
+        at: now(),
+    });
+    s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
+        .await;
     Ok(Json(member))
 }
 
@@ -511,7 +692,12 @@ async fn accept(
     parent_id: Option<MessageId>,
     forwarded_from: Option<ForwardedFrom>,
 ) -> Result<Accepted, ApiError> {
-    access.decide(caller, Resource::Message, Action::Create, Some(caller.user()))?;
+    access.decide(
+        caller,
+        Resource::Message,
+        Action::Create,
+        Some(caller.user()),
+    )?;
     model::validate_text(&text)?;
     if let Some(c) = &client_msg_id {
         model::validate_client_msg_id(c)?;
@@ -520,12 +706,16 @@ async fn accept(
     if let Some(p) = parent_id {
         let parent = match s.store.get_message(caller.tenant(), &conv.id, &p).await? {
             Some(m) => Some(m),
-            None if s.wait_persisted(&conv.id).await? => s.store.get_message(caller.tenant(), &conv.id, &p).await?,
+            None if s.wait_persisted(&conv.id).await? => {
+                s.store.get_message(caller.tenant(), &conv.id, &p).await?
+            }
             None => None,
         };
         let parent = parent.ok_or_else(|| ApiError::not_found("parent message"))?;
         if parent.parent_id.is_some() {
-            return Err(ApiError::invalid("replies go to the thread's top-level message"));
+            return Err(ApiError::invalid(
+                "replies go to the thread's top-level message",
+            ));
         }
     }
     s.rate_limit(caller, "msg").await?;
@@ -534,15 +724,25 @@ async fn accept(
         Some(c) => MessageId::for_client_id(caller.tenant(), caller.user(), c),
         None => MessageId::generate(),
     };
-    let dedupe_key = client_msg_id.as_ref().map(|c| format!("{}:{}:{c}", caller.tenant(), caller.user()));
+    let dedupe_key = client_msg_id
+        .as_ref()
+        .map(|c| format!("{}:{}:{c}", caller.tenant(), caller.user()));
     if let Some(key) = &dedupe_key {
         if let Some(done) = reserve(s, key).await? {
             return Ok(done);
         }
         // Remembered beyond the de-duplication cache: the store has it.
-        if let Some(m) = s.store.get_message(caller.tenant(), &conv.id, &message_id).await? {
+        if let Some(m) = s
+            .store
+            .get_message(caller.tenant(), &conv.id, &message_id)
+            .await?
+        {
             let partition = s.partition_of(&conv.id);
-            let done = Accepted { position: m.position, partition, message: m };
+            let done = Accepted {
+                position: m.position,
+                partition,
+                message: m,
+            };
             complete(s, key, &done).await;
             return Ok(done);
         }
@@ -552,7 +752,10 @@ async fn accept(
     let mut mentions = Vec::new();
     for candidate in rendered.mentions.iter().take(20) {
         if let Ok(u) = UserId::parse(candidate.as_str())
-            && s.store.get_member(caller.tenant(), &conv.id, &u).await?.is_some()
+            && s.store
+                .get_member(caller.tenant(), &conv.id, &u)
+                .await?
+                .is_some()
         {
             mentions.push(u);
         }
@@ -572,7 +775,12 @@ async fn accept(
         created_at,
     };
     let published = s
-        .publish(caller.tenant(), &conv.id, &caller.correlation_id, ConversationEvent::MessageCreated(event))
+        .publish(
+            caller.tenant(),
+            &conv.id,
+            &caller.correlation_id,
+            ConversationEvent::MessageCreated(event),
+        )
         .await;
     let pos = match published {
         Ok(p) => p,
@@ -606,7 +814,11 @@ async fn accept(
         deleted_at: None,
         deleted_by: None,
     };
-    let done = Accepted { message, partition: pos.partition, position: pos.offset };
+    let done = Accepted {
+        message,
+        partition: pos.partition,
+        position: pos.offset,
+    };
     if let Some(key) = &dedupe_key {
         complete(s, key, &done).await;
     }
@@ -619,12 +831,19 @@ async fn reserve(s: &AppState, key: &str) -> Result<Option<Accepted>, ApiError> 
     loop {
         match s.dedupe.reserve(key).await.map_err(ApiError::unavailable)? {
             Reservation::Fresh => return Ok(None),
-            Reservation::Done(v) => return serde_json::from_str(&v).map(Some).map_err(ApiError::internal),
+            Reservation::Done(v) => {
+                return serde_json::from_str(&v)
+                    .map(Some)
+                    .map_err(ApiError::internal);
+            }
             Reservation::InFlight if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Reservation::InFlight => {
-                return Err(ApiError::new(ErrorCode::Conflict, "a send with this client_msg_id is in progress; retry"));
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "a send with this client_msg_id is in progress; retry",
+                ));
             }
         }
     }
@@ -653,13 +872,25 @@ async fn send_message(
     Json(req): Json<SendMessage>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let access = s.access(&caller, &id).await?;
-    let done = accept(&s, &caller, &access, req.text, req.client_msg_id, req.parent_id, None).await?;
+    let done = accept(
+        &s,
+        &caller,
+        &access,
+        req.text,
+        req.client_msg_id,
+        req.parent_id,
+        None,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(done)))
 }
 
 fn stale_headers(fresh: bool) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(CONSISTENCY_HEADER, HeaderValue::from_static(if fresh { "fresh" } else { "stale" }));
+    h.insert(
+        CONSISTENCY_HEADER,
+        HeaderValue::from_static(if fresh { "fresh" } else { "stale" }),
+    );
     h
 }
 
@@ -672,7 +903,12 @@ async fn list_page(
 ) -> Result<impl IntoResponse + use<>, ApiError> {
     let limit = page_limit(q.limit, 50)?;
     let page = match (q.before, q.after) {
-        (Some(_), Some(_)) => return Err(ApiError::new(ErrorCode::InvalidCursor, "give `before` or `after`, not both")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidCursor,
+                "give `before` or `after`, not both",
+            ));
+        }
         (Some(p), None) => MessagePage::Before { position: p, limit },
         (None, Some(p)) => MessagePage::After { position: p, limit },
         (None, None) => MessagePage::Latest { limit },
@@ -686,7 +922,10 @@ async fn list_page(
         .map(Message::redacted)
         .collect();
     let has_more = messages.len() as u32 == limit;
-    Ok((stale_headers(fresh), Json(MessageListView { messages, has_more })))
+    Ok((
+        stale_headers(fresh),
+        Json(MessageListView { messages, has_more }),
+    ))
 }
 
 /// Top-level messages in position order. Without `before`/`after`: the newest page.
@@ -721,9 +960,17 @@ async fn list_replies(
 }
 
 /// Loads a message after waiting for persistence of what was published before.
-async fn load_message(s: &AppState, caller: &Caller, id: &ConversationId, mid: &MessageId) -> Result<Message, ApiError> {
+async fn load_message(
+    s: &AppState,
+    caller: &Caller,
+    id: &ConversationId,
+    mid: &MessageId,
+) -> Result<Message, ApiError> {
     s.wait_persisted(id).await?;
-    s.store.get_message(caller.tenant(), id, mid).await?.ok_or_else(|| ApiError::not_found("message"))
+    s.store
+        .get_message(caller.tenant(), id, mid)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))
 }
 
 /// One message.
@@ -753,7 +1000,12 @@ async fn edit_message(
     let access = s.access(&caller, &id).await?;
     access.decide(&caller, Resource::Message, Action::Read, None)?;
     let mut msg = load_message(&s, &caller, &id, &mid).await?;
-    access.decide(&caller, Resource::Message, Action::Update, Some(&msg.sender_id))?;
+    access.decide(
+        &caller,
+        Resource::Message,
+        Action::Update,
+        Some(&msg.sender_id),
+    )?;
     if msg.deleted_at.is_some() {
         return Err(ApiError::not_found("message"));
     }
@@ -763,7 +1015,10 @@ async fn edit_message(
     let mut mentions = Vec::new();
     for candidate in rendered.mentions.iter().take(20) {
         if let Ok(u) = UserId::parse(candidate.as_str())
-            && s.store.get_member(caller.tenant(), &id, &u).await?.is_some()
+            && s.store
+                .get_member(caller.tenant(), &id, &u)
+                .await?
+                .is_some()
         {
             mentions.push(u);
         }
@@ -779,14 +1034,20 @@ async fn edit_message(
         hashtags: rendered.hashtags.clone(),
         edited_at: t,
     });
-    let pos = s.publish(caller.tenant(), &id, &caller.correlation_id, ev).await?;
+    let pos = s
+        .publish(caller.tenant(), &id, &caller.correlation_id, ev)
+        .await?;
     msg.text = req.text;
     msg.html = rendered.html;
     msg.mentions = mentions;
     msg.links = rendered.links;
     msg.hashtags = rendered.hashtags;
     msg.edited_at = Some(t);
-    Ok(Json(Accepted { message: msg, partition: pos.partition, position: pos.offset }))
+    Ok(Json(Accepted {
+        message: msg,
+        partition: pos.partition,
+        position: pos.offset,
+    }))
 }
 
 /// Deletes a message (soft): its author, or a moderator and up.
@@ -801,12 +1062,22 @@ async fn delete_message(
     let access = s.access(&caller, &id).await?;
     access.decide(&caller, Resource::Message, Action::Read, None)?;
     let msg = load_message(&s, &caller, &id, &mid).await?;
-    access.decide(&caller, Resource::Message, Action::Delete, Some(&msg.sender_id))?;
+    access.decide(
+        &caller,
+        Resource::Message,
+        Action::Delete,
+        Some(&msg.sender_id),
+    )?;
     if msg.deleted_at.is_some() {
         return Ok(StatusCode::NO_CONTENT);
     }
-    let ev = ConversationEvent::MessageDeleted(MessageDeleted { message_id: mid, deleted_by: caller.user().clone(), deleted_at: now() });
-    s.publish(caller.tenant(), &id, &caller.correlation_id, ev).await?;
+    let ev = ConversationEvent::MessageDeleted(MessageDeleted {
+        message_id: mid,
+        deleted_by: caller.user().clone(),
+        deleted_at: now(),
+    });
+    s.publish(caller.tenant(), &id, &caller.correlation_id, ev)
+        .await?;
     if &msg.sender_id != caller.user() {
         s.audit(
             caller.tenant(),
@@ -837,8 +1108,21 @@ async fn forward_message(
         return Err(ApiError::not_found("message"));
     }
     let target = s.access(&caller, &req.conversation_id).await?;
-    let from = ForwardedFrom { conversation_id: id, message_id: mid, sender_id: msg.sender_id.clone() };
-    let done = accept(&s, &caller, &target, msg.text, req.client_msg_id, None, Some(from)).await?;
+    let from = ForwardedFrom {
+        conversation_id: id,
+        message_id: mid,
+        sender_id: msg.sender_id.clone(),
+    };
+    let done = accept(
+        &s,
+        &caller,
+        &target,
+        msg.text,
+        req.client_msg_id,
+        None,
+        Some(from),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(done)))
 }
 
@@ -855,14 +1139,25 @@ async fn add_reaction(
     model::validate_reaction(&req.kind)?;
     let access = s.access(&caller, &id).await?;
     access.decide(&caller, Resource::Message, Action::Read, None)?;
-    access.decide(&caller, Resource::Reaction, Action::Create, Some(caller.user()))?;
+    access.decide(
+        &caller,
+        Resource::Reaction,
+        Action::Create,
+        Some(caller.user()),
+    )?;
     let msg = load_message(&s, &caller, &id, &mid).await?;
     if msg.deleted_at.is_some() {
         return Err(ApiError::not_found("message"));
     }
     s.rate_limit(&caller, "msg").await?;
-    let ev = ConversationEvent::ReactionAdded(ReactionChanged { message_id: mid, user_id: caller.user().clone(), kind: req.kind, at: now() });
-    s.publish(caller.tenant(), &id, &caller.correlation_id, ev).await?;
+    let ev = ConversationEvent::ReactionAdded(ReactionChanged {
+        message_id: mid,
+        user_id: caller.user().clone(),
+        kind: req.kind,
+        at: now(),
+    });
+    s.publish(caller.tenant(), &id, &caller.correlation_id, ev)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -882,10 +1177,23 @@ async fn remove_reaction(
     let user = q.user_id.unwrap_or_else(|| caller.user().clone());
     access.decide(&caller, Resource::Reaction, Action::Delete, Some(&user))?;
     load_message(&s, &caller, &id, &mid).await?;
-    let ev = ConversationEvent::ReactionRemoved(ReactionChanged { message_id: mid, user_id: user.clone(), kind, at: now() });
-    s.publish(caller.tenant(), &id, &caller.correlation_id, ev).await?;
+    let ev = ConversationEvent::ReactionRemoved(ReactionChanged {
+        message_id: mid,
+        user_id: user.clone(),
+        kind,
+        at: now(),
+    });
+    s.publish(caller.tenant(), &id, &caller.correlation_id, ev)
+        .await?;
     if &user != caller.user() {
-        s.audit(caller.tenant(), &format!("user:{}", caller.user()), "reaction.remove_by_moderator", format!("conversation:{id}/message:{mid}/user:{user}"), serde_json::json!({})).await;
+        s.audit(
+            caller.tenant(),
+            &format!("user:{}", caller.user()),
+            "reaction.remove_by_moderator",
+            format!("conversation:{id}/message:{mid}/user:{user}"),
+            serde_json::json!({}),
+        )
+        .await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

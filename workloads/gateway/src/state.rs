@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
-/// The name under which the persistence consumer records its progress in the store.
-pub const PERSIST_CONSUMER: &str = "persist";
+pub use caas_store::PERSIST_CONSUMER;
 
 /// Everything a handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -65,12 +64,19 @@ impl FromRequestParts<AppState> for Caller {
         let token = bearer(parts.headers.get(http::header::AUTHORIZATION))?;
         let principal = state.auth.authenticate(token).await?;
         let correlation_id = correlation(parts);
-        Ok(Caller { principal, correlation_id })
+        Ok(Caller {
+            principal,
+            correlation_id,
+        })
     }
 }
 
 fn correlation(parts: &Parts) -> String {
-    parts.extensions.get::<CorrelationId>().map(|c| c.0.clone()).unwrap_or_else(|| CorrelationId::new().0)
+    parts
+        .extensions
+        .get::<CorrelationId>()
+        .map(|c| c.0.clone())
+        .unwrap_or_else(|| CorrelationId::new().0)
 }
 
 /// The platform operator on the internal API.
@@ -85,9 +91,14 @@ impl FromRequestParts<AppState> for Admin {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts.headers.get(http::header::AUTHORIZATION))?;
         if !caas_kit::random::constant_time_eq(token, &state.admin_token) {
-            return Err(ApiError::new(ErrorCode::InvalidCredentials, "invalid admin token"));
+            return Err(ApiError::new(
+                ErrorCode::InvalidCredentials,
+                "invalid admin token",
+            ));
         }
-        Ok(Admin { correlation_id: correlation(parts) })
+        Ok(Admin {
+            correlation_id: correlation(parts),
+        })
     }
 }
 
@@ -149,8 +160,14 @@ impl AppState {
             .get_conversation(caller.tenant(), id)
             .await?
             .ok_or_else(|| ApiError::not_found("conversation"))?;
-        let member = self.store.get_member(caller.tenant(), id, caller.user()).await?;
-        Ok(Access { conversation, member })
+        let member = self
+            .store
+            .get_member(caller.tenant(), id, caller.user())
+            .await?;
+        Ok(Access {
+            conversation,
+            member,
+        })
     }
 
     /// Takes one unit of the caller's and the tenant's budget of `what` (`msg` or `search`).
@@ -168,14 +185,20 @@ impl AppState {
         let user_key = format!("{what}:u:{}:{}", caller.tenant(), caller.user());
         let d = self.limiter.check(&user_key, per_user).await;
         if !d.allowed {
-            return Err(ApiError::new(ErrorCode::RateLimited, format!("limit of {per_user} per minute per user reached"))
-                .with_retry_after(d.retry_after.as_secs().max(1)));
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!("limit of {per_user} per minute per user reached"),
+            )
+            .with_retry_after(d.retry_after.as_secs().max(1)));
         }
         let tenant_key = format!("{what}:t:{}", caller.tenant());
         let d = self.limiter.check(&tenant_key, per_tenant).await;
         if !d.allowed {
-            return Err(ApiError::new(ErrorCode::QuotaExceeded, format!("the tenant's limit of {per_tenant} per minute is reached"))
-                .with_retry_after(d.retry_after.as_secs().max(1)));
+            return Err(ApiError::new(
+                ErrorCode::QuotaExceeded,
+                format!("the tenant's limit of {per_tenant} per minute is reached"),
+            )
+            .with_retry_after(d.retry_after.as_secs().max(1)));
         }
         Ok(())
     }
@@ -198,7 +221,9 @@ impl AppState {
             event,
         };
         let type_name = env.event.type_name();
-        Ok(env.publish(self.bus.as_ref(), topics::CONVERSATION_EVENTS, type_name).await?)
+        Ok(env
+            .publish(self.bus.as_ref(), topics::CONVERSATION_EVENTS, type_name)
+            .await?)
     }
 
     /// Publishes an announcement (membership, read marker, conversation change) whose effect is
@@ -211,14 +236,20 @@ impl AppState {
         event: ConversationEvent,
     ) {
         let kind = event.type_name();
-        if let Err(e) = self.publish(tenant, conversation, correlation_id, event).await {
+        if let Err(e) = self
+            .publish(tenant, conversation, correlation_id, event)
+            .await
+        {
             tracing::warn!(error = %e, tenant_id = %tenant, conversation_id = %conversation, kind, "Failed to announce a change on the log.");
         }
     }
 
     /// The partition of a conversation.
     pub fn partition_of(&self, conversation: &ConversationId) -> i32 {
-        caas_bus::partition_for(conversation.as_str(), self.bus.partitions(topics::CONVERSATION_EVENTS))
+        caas_bus::partition_for(
+            conversation.as_str(),
+            self.bus.partitions(topics::CONVERSATION_EVENTS),
+        )
     }
 
     /// Waits until everything published to the conversation's partition before this call is in
@@ -226,16 +257,31 @@ impl AppState {
     /// answers with what is stored and says so).
     pub async fn wait_persisted(&self, conversation: &ConversationId) -> Result<bool, ApiError> {
         let partition = self.partition_of(conversation);
-        let target = self.bus.high_watermark(topics::CONVERSATION_EVENTS, partition).await?;
-        let deadline = Instant::now() + Duration::from_millis(self.config.limits.read_your_writes_timeout_ms);
+        let target = self
+            .bus
+            .high_watermark(topics::CONVERSATION_EVENTS, partition)
+            .await?;
+        let deadline =
+            Instant::now() + Duration::from_millis(self.config.limits.read_your_writes_timeout_ms);
         let mut pause = Duration::from_millis(1);
         loop {
-            let done = self.store.progress(PERSIST_CONSUMER).await?.get(&partition).copied().unwrap_or(0);
+            let done = self
+                .store
+                .progress(PERSIST_CONSUMER)
+                .await?
+                .get(&partition)
+                .copied()
+                .unwrap_or(0);
             if done >= target {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
-                tracing::warn!(partition, done, target, "Persistence is behind the log; answering with stale data.");
+                tracing::warn!(
+                    partition,
+                    done,
+                    target,
+                    "Persistence is behind the log; answering with stale data."
+                );
                 return Ok(false);
             }
             tokio::time::sleep(pause).await;
@@ -244,7 +290,14 @@ impl AppState {
     }
 
     /// Appends to the audit trail; a failure is logged (the action happened).
-    pub async fn audit(&self, tenant: &TenantId, actor: &str, action: &str, target: String, details: serde_json::Value) {
+    pub async fn audit(
+        &self,
+        tenant: &TenantId,
+        actor: &str,
+        action: &str,
+        target: String,
+        details: serde_json::Value,
+    ) {
         let entry = AuditEntry {
             tenant_id: tenant.clone(),
             id: uuid::Uuid::now_v7().to_string(),

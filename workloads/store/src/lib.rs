@@ -23,6 +23,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
 
+/// The name under which the persistence consumer records its progress ([`Store::progress`]);
+/// readers wait on it for read-your-writes.
+pub const PERSIST_CONSUMER: &str = "persist";
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -138,16 +142,26 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_user(&self, user: &User) -> Result<User>;
     async fn get_user(&self, tenant: &TenantId, id: &UserId) -> Result<Option<User>>;
     /// Refuses tokens issued before `at`. `NotFound` if there is no such user.
-    async fn revoke_user_tokens(&self, tenant: &TenantId, id: &UserId, at: OffsetDateTime)
-    -> Result<()>;
+    async fn revoke_user_tokens(
+        &self,
+        tenant: &TenantId,
+        id: &UserId,
+        at: OffsetDateTime,
+    ) -> Result<()>;
 
     // Conversations and members.
     /// Creates the conversation with its first members; `AlreadyExists` if the id is taken.
     /// `member_count` is set from `members`.
-    async fn create_conversation(&self, conversation: &Conversation, members: &[Member])
-    -> Result<()>;
-    async fn get_conversation(&self, tenant: &TenantId, id: &ConversationId)
-    -> Result<Option<Conversation>>;
+    async fn create_conversation(
+        &self,
+        conversation: &Conversation,
+        members: &[Member],
+    ) -> Result<()>;
+    async fn get_conversation(
+        &self,
+        tenant: &TenantId,
+        id: &ConversationId,
+    ) -> Result<Option<Conversation>>;
     /// Applies the patch and returns the result; `NotFound` if there is none.
     async fn update_conversation(
         &self,

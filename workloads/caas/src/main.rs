@@ -1,0 +1,79 @@
+//! `caas`: one binary for every workload. `caas gateway`, `caas pipeline`, or
+//! `caas standalone` (the default): the whole platform in one process on embedded defaults.
+
+#![forbid(unsafe_code)]
+
+mod run;
+mod standalone;
+mod wire;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "caas", version, about = "Chat as a service")]
+struct Cli {
+    /// Configuration file (YAML or JSON); `CAAS_<SECTION>__<FIELD>` variables override it.
+    #[arg(long, env = "CAAS_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The REST API and the tenant admin API.
+    Gateway,
+    /// The message pipeline: persists the conversation-events log.
+    Pipeline,
+    /// Everything in one process on embedded defaults (the default command).
+    Standalone(standalone::Args),
+    /// Prints the OpenAPI document of the REST API.
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli
+        .command
+        .unwrap_or(Command::Standalone(standalone::Args::default()))
+    {
+        Command::Openapi => match serde_json::to_string_pretty(&caas_gateway::openapi()) {
+            Ok(s) => {
+                println!("{s}");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        },
+        Command::Gateway => {
+            run::workload(
+                cli.config.as_deref(),
+                run::Parts {
+                    gateway: true,
+                    pipeline: false,
+                },
+            )
+            .await
+        }
+        Command::Pipeline => {
+            run::workload(
+                cli.config.as_deref(),
+                run::Parts {
+                    gateway: false,
+                    pipeline: true,
+                },
+            )
+            .await
+        }
+        Command::Standalone(args) => standalone::run(cli.config.as_deref(), args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "caas failed.");
+            eprintln!("caas: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Running workloads: wires the components, serves the HTTP listeners (service, internal,
+//! metrics), runs the pipeline, and shuts down in order on SIGTERM/SIGINT: `/ready` turns 503,
+//! the drain delay passes, listeners stop accepting and finish in-flight requests, the pipeline
+//! finishes its batch and commits, all within the shutdown deadline.
+
+use crate::wire;
+use anyhow::Context as _;
+use caas_config::Config;
+use caas_kit::health::Health;
+use caas_kit::metrics::Metrics;
+use caas_kit::server::{self, HttpSettings};
+use caas_kit::shutdown::{self, CancellationToken};
+use caas_pipeline::{PipelineHealth, PipelineMetrics};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// Which workloads run in this process.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub gateway: bool,
+    pub pipeline: bool,
+}
+
+/// The addresses a started process listens on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Bound {
+    pub api: SocketAddr,
+    pub internal: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+/// Loads the configuration and runs `parts` until a signal.
+pub async fn workload(config: Option<&Path>, parts: Parts) -> anyhow::Result<()> {
+    let cfg = caas_kit::config::load(config)?;
+    caas_kit::telemetry::init(&cfg.log);
+    let stop = CancellationToken::new();
+    shutdown::on_signals(stop.clone());
+    start(cfg, parts, stop, |_| Ok(())).await
+}
+
+/// Runs `parts` with `cfg` until `stop` is cancelled. `on_bound` sees the bound addresses once
+/// every listener is up.
+pub async fn start(
+    cfg: Config,
+    parts: Parts,
+    stop: CancellationToken,
+    on_bound: impl FnOnce(&Bound) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let metrics = Metrics::new();
+    let store = wire::store(&cfg.store).await?;
+    let bus = wire::bus(&cfg.bus).await?;
+    let (limiter, dedupe, redis) = wire::shared_state(&cfg).await?;
+
+    let pipeline_health = Arc::new(PipelineHealth::default());
+    let mut health = Health::builder();
+    {
+        let store = store.clone();
+        health = health.check("store", move || {
+            let store = store.clone();
+            async move { store.ping().await.map_err(|e| e.to_string()) }
+        });
+        let bus = bus.clone();
+        health = health.check("log", move || {
+            let bus = bus.clone();
+            async move { bus.ping().await.map_err(|e| e.to_string()) }
+        });
+        if let Some(conn) = redis {
+            health = health.check("redis", move || {
+                let mut conn = conn.clone();
+                async move {
+                    redis::cmd("PING")
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            });
+        }
+        if parts.pipeline {
+            let ph = pipeline_health.clone();
+            health = health.check("pipeline", move || {
+                let ph = ph.clone();
+                async move { ph.check() }
+            });
+        }
+    }
+    let health = health.build(Duration::from_millis(cfg.server.ready_cache_ms));
+    let settings = HttpSettings::from(&cfg.server);
+
+    let mut public = health.public_router();
+    let mut internal = health.detail_router();
+    if parts.gateway {
+        let state = caas_gateway::AppState {
+            store: store.clone(),
+            bus: bus.clone(),
+            auth: wire::authenticator(&cfg, store.clone())?,
+            limiter,
+            dedupe,
+            config: cfg.clone(),
+            admin_token: Arc::new(wire::admin_token(&cfg)?),
+        };
+        public = public.merge(caas_gateway::router(state.clone()));
+        internal = internal.merge(caas_gateway::internal_router(state));
+    }
+    let public = server::wrap(public, &metrics, &settings);
+    let internal = server::wrap(internal, &metrics, &settings);
+    let metrics_router = metrics.router();
+
+    let api_l = server::bind(&cfg.server.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.server.listen))?;
+    let int_l = server::bind(&cfg.server.internal_listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.server.internal_listen))?;
+    let met_l = server::bind(&cfg.server.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.server.metrics_listen))?;
+    let bound = Bound {
+        api: api_l.local_addr()?,
+        internal: int_l.local_addr()?,
+        metrics: met_l.local_addr()?,
+    };
+    tracing::info!(api = %bound.api, internal = %bound.internal, metrics = %bound.metrics, "Listening.");
+
+    let http_stop = CancellationToken::new();
+    let mut servers = JoinSet::new();
+    servers.spawn(server::serve(api_l, public, http_stop.clone()));
+    servers.spawn(server::serve(int_l, internal, http_stop.clone()));
+    servers.spawn(server::serve(met_l, metrics_router, http_stop.clone()));
+
+    let pipeline_stop = CancellationToken::new();
+    let pipeline = parts.pipeline.then(|| {
+        tokio::spawn(caas_pipeline::run(
+            store.clone(),
+            bus.clone(),
+            cfg.pipeline.clone(),
+            PipelineMetrics::new(&metrics),
+            pipeline_health.clone(),
+            pipeline_stop.clone(),
+        ))
+    });
+    on_bound(&bound)?;
+
+    stop.cancelled().await;
+    let deadline = Duration::from_millis(cfg.server.shutdown_deadline_ms);
+    let started = tokio::time::Instant::now();
+    health.set_draining();
+    tokio::time::sleep(Duration::from_millis(cfg.server.drain_delay_ms)).await;
+    http_stop.cancel();
+    shutdown::with_deadline(
+        deadline.saturating_sub(started.elapsed()),
+        "HTTP drain",
+        async {
+            while let Some(r) = servers.join_next().await {
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "A listener failed while draining.");
+                }
+            }
+        },
+    )
+    .await;
+    pipeline_stop.cancel();
+    if let Some(p) = pipeline {
+        shutdown::with_deadline(deadline.saturating_sub(started.elapsed()), "pipeline", p).await;
+    }
+    tracing::info!("Stopped.");
+    Ok(())
+}
