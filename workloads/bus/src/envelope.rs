@@ -32,8 +32,7 @@ pub struct Envelope<T> {
 impl<T: Serialize + DeserializeOwned> Envelope<T> {
     /// Encodes into a record; `event_type` becomes a header.
     pub fn to_record(&self, event_type: &str) -> Result<Record> {
-        let payload =
-            serde_json::to_vec(self).map_err(|e| BusError::BadRecord(e.to_string()))?;
+        let payload = serde_json::to_vec(self).map_err(|e| BusError::BadRecord(e.to_string()))?;
         Ok(Record {
             key: self.key.clone(),
             payload: Bytes::from(payload),
@@ -52,7 +51,12 @@ impl<T: Serialize + DeserializeOwned> Envelope<T> {
     }
 
     /// Encodes and publishes.
-    pub async fn publish(&self, bus: &dyn Bus, topic: &str, event_type: &str) -> Result<LogPosition> {
+    pub async fn publish(
+        &self,
+        bus: &dyn Bus,
+        topic: &str,
+        event_type: &str,
+    ) -> Result<LogPosition> {
         bus.publish(topic, self.to_record(event_type)?).await
     }
 }

@@ -75,7 +75,10 @@ pub struct Delivery {
 
 impl Delivery {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -134,9 +137,18 @@ pub fn partition_for(key: &str, partitions: u32) -> i32 {
 pub fn last_positions(deliveries: &[Delivery]) -> Vec<(String, LogPosition)> {
     let mut out: Vec<(String, LogPosition)> = Vec::new();
     for d in deliveries {
-        match out.iter_mut().find(|(t, p)| *t == d.topic && p.partition == d.partition) {
+        match out
+            .iter_mut()
+            .find(|(t, p)| *t == d.topic && p.partition == d.partition)
+        {
             Some((_, p)) => p.offset = p.offset.max(d.offset),
-            None => out.push((d.topic.clone(), LogPosition { partition: d.partition, offset: d.offset })),
+            None => out.push((
+                d.topic.clone(),
+                LogPosition {
+                    partition: d.partition,
+                    offset: d.offset,
+                },
+            )),
         }
     }
     out
@@ -172,8 +184,20 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("t".into(), LogPosition { partition: 0, offset: 3 }),
-                ("t".into(), LogPosition { partition: 1, offset: 5 })
+                (
+                    "t".into(),
+                    LogPosition {
+                        partition: 0,
+                        offset: 3
+                    }
+                ),
+                (
+                    "t".into(),
+                    LogPosition {
+                        partition: 1,
+                        offset: 5
+                    }
+                )
             ]
         );
     }

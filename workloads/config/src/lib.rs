@@ -88,7 +88,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Json }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Json,
+        }
     }
 }
 
@@ -116,7 +119,9 @@ fn default_database() -> String {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig::Embedded { path: "./caas-data/store.db".into() }
+        StoreConfig::Embedded {
+            path: "./caas-data/store.db".into(),
+        }
     }
 }
 
@@ -137,7 +142,10 @@ pub enum BusConfig {
 
 impl Default for BusConfig {
     fn default() -> Self {
-        BusConfig::Embedded { path: "./caas-data/log.db".into(), partitions: default_partitions() }
+        BusConfig::Embedded {
+            path: "./caas-data/log.db".into(),
+            partitions: default_partitions(),
+        }
     }
 }
 
@@ -228,7 +236,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { token_file: "./caas-data/admin-token".into() }
+        Self {
+            token_file: "./caas-data/admin-token".into(),
+        }
     }
 }
 
@@ -272,7 +282,11 @@ pub struct PipelineConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { group_id: "caas-pipeline".into(), batch_max_events: 1_000, batch_linger_ms: 5 }
+        Self {
+            group_id: "caas-pipeline".into(),
+            batch_max_events: 1_000,
+            batch_linger_ms: 5,
+        }
     }
 }
 
@@ -289,9 +303,15 @@ mod tests {
     #[test]
     fn round_trips() {
         let c = Config {
-            store: StoreConfig::Mongodb { uri: String::new(), database: "x".into() },
+            store: StoreConfig::Mongodb {
+                uri: String::new(),
+                database: "x".into(),
+            },
             bus: BusConfig::Kafka(KafkaConfig::default()),
-            redis: Some(RedisConfig { url: "redis://r:6379".into(), key_prefix: "p:".into() }),
+            redis: Some(RedisConfig {
+                url: "redis://r:6379".into(),
+                key_prefix: "p:".into(),
+            }),
             ..Config::default()
         };
         let s = serde_json::to_string(&c).unwrap();

@@ -122,7 +122,10 @@ pub struct DomainError {
 
 impl DomainError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidArgument, message)
@@ -141,7 +144,11 @@ mod tests {
 
     #[test]
     fn serde_form_equals_as_str() {
-        for code in [ErrorCode::TextTooLong, ErrorCode::NotMember, ErrorCode::TokenRevoked] {
+        for code in [
+            ErrorCode::TextTooLong,
+            ErrorCode::NotMember,
+            ErrorCode::TokenRevoked,
+        ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }

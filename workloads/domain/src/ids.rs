@@ -13,7 +13,8 @@ pub const MAX_ID_LEN: usize = 64;
 fn check_id(kind: &str, s: &str) -> Result<(), DomainError> {
     let ok = !s.is_empty()
         && s.len() <= MAX_ID_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'));
     if ok {
         Ok(())
     } else {
@@ -110,7 +111,17 @@ impl ConversationId {
 
 /// A message: UUIDv7, rendered as the standard hyphenated form.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(try_from = "String", into = "String")]
 #[schema(value_type = String, format = Uuid)]
@@ -188,14 +199,23 @@ mod tests {
         let a = UserId::parse("alice").unwrap();
         let b = UserId::parse("bob").unwrap();
         let c = UserId::parse("carol").unwrap();
-        assert_eq!(ConversationId::direct(&a, &b), ConversationId::direct(&b, &a));
-        assert_ne!(ConversationId::direct(&a, &b), ConversationId::direct(&a, &c));
+        assert_eq!(
+            ConversationId::direct(&a, &b),
+            ConversationId::direct(&b, &a)
+        );
+        assert_ne!(
+            ConversationId::direct(&a, &b),
+            ConversationId::direct(&a, &c)
+        );
         // "ab"+"c" and "a"+"bc" must not collide through concatenation.
         let ab = UserId::parse("ab").unwrap();
         let bc = UserId::parse("bc").unwrap();
         let x = UserId::parse("c").unwrap();
         let y = UserId::parse("a").unwrap();
-        assert_ne!(ConversationId::direct(&ab, &x), ConversationId::direct(&y, &bc));
+        assert_ne!(
+            ConversationId::direct(&ab, &x),
+            ConversationId::direct(&y, &bc)
+        );
     }
 
     #[test]
@@ -203,8 +223,14 @@ mod tests {
         let t = TenantId::parse("t1").unwrap();
         let u = UserId::parse("u1").unwrap();
         let v = UserId::parse("u2").unwrap();
-        assert_eq!(MessageId::for_client_id(&t, &u, "k"), MessageId::for_client_id(&t, &u, "k"));
-        assert_ne!(MessageId::for_client_id(&t, &u, "k"), MessageId::for_client_id(&t, &v, "k"));
+        assert_eq!(
+            MessageId::for_client_id(&t, &u, "k"),
+            MessageId::for_client_id(&t, &u, "k")
+        );
+        assert_ne!(
+            MessageId::for_client_id(&t, &u, "k"),
+            MessageId::for_client_id(&t, &v, "k")
+        );
         assert!(MessageId::parse("nope").is_err());
         let id = MessageId::generate();
         assert_eq!(MessageId::parse(&id.to_string()).unwrap(), id);

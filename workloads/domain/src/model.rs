@@ -107,7 +107,11 @@ pub struct User {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     /// Tokens issued before this instant are refused ("log out everywhere").
-    #[serde(with = "time::serde::rfc3339::option", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tokens_valid_after: Option<OffsetDateTime>,
 }
 
@@ -140,7 +144,19 @@ impl ConversationKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Member,
@@ -195,7 +211,11 @@ pub struct Conversation {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub archived_at: Option<OffsetDateTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_message: Option<MessagePreview>,
@@ -256,9 +276,17 @@ pub struct Message {
     pub forwarded_from: Option<ForwardedFrom>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub edited_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub deleted_at: Option<OffsetDateTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_by: Option<UserId>,
@@ -309,7 +337,10 @@ pub struct AuditEntry {
 /// Checks a message text: not blank, at most [`MAX_TEXT_CHARS`], no NUL.
 pub fn validate_text(text: &str) -> Result<(), DomainError> {
     if text.trim().is_empty() {
-        return Err(DomainError::new(ErrorCode::TextEmpty, "text must not be empty"));
+        return Err(DomainError::new(
+            ErrorCode::TextEmpty,
+            "text must not be empty",
+        ));
     }
     let n = text.chars().count();
     if n > MAX_TEXT_CHARS {
@@ -338,7 +369,8 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), DomainError> {
 /// Checks a reaction kind: 1 to [`MAX_REACTION_CHARS`] characters, no whitespace or control.
 pub fn validate_reaction(kind: &str) -> Result<(), DomainError> {
     let n = kind.chars().count();
-    if n == 0 || n > MAX_REACTION_CHARS || kind.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if n == 0 || n > MAX_REACTION_CHARS || kind.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(DomainError::invalid(format!(
             "reaction must be 1-{MAX_REACTION_CHARS} characters without spaces"
         )));
@@ -362,7 +394,9 @@ pub fn validate_user_data(data: &serde_json::Value) -> Result<(), DomainError> {
         return Err(DomainError::invalid("data must be a JSON object"));
     }
     if data.to_string().len() > 4096 {
-        return Err(DomainError::invalid("data must be at most 4096 bytes of JSON"));
+        return Err(DomainError::invalid(
+            "data must be at most 4096 bytes of JSON",
+        ));
     }
     Ok(())
 }
@@ -374,10 +408,15 @@ mod tests {
     #[test]
     fn text_limits() {
         assert!(validate_text("hi").is_ok());
-        assert_eq!(validate_text("  \n").unwrap_err().code, ErrorCode::TextEmpty);
+        assert_eq!(
+            validate_text("  \n").unwrap_err().code,
+            ErrorCode::TextEmpty
+        );
         assert!(validate_text(&"é".repeat(MAX_TEXT_CHARS)).is_ok());
         assert_eq!(
-            validate_text(&"x".repeat(MAX_TEXT_CHARS + 1)).unwrap_err().code,
+            validate_text(&"x".repeat(MAX_TEXT_CHARS + 1))
+                .unwrap_err()
+                .code,
             ErrorCode::TextTooLong
         );
         assert!(validate_text("a\0b").is_err());

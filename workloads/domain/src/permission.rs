@@ -104,16 +104,23 @@ pub fn authorize(req: &Request<'_>) -> Result<(), DomainError> {
     };
 
     let writes = req.action != Action::Read;
-    if facts.archived && writes && !(req.resource == Resource::Conversation && role >= Role::Admin)
+    if facts.archived
+        && writes
+        && !(req.resource == Resource::Conversation && role >= Role::Admin)
         && req.resource != Resource::ReadMarker
     {
-        return Err(DomainError::new(ErrorCode::Archived, "the conversation is archived"));
+        return Err(DomainError::new(
+            ErrorCode::Archived,
+            "the conversation is archived",
+        ));
     }
     if facts.kind == ConversationKind::Direct
         && req.resource == Resource::Member
         && matches!(req.action, Action::Create | Action::Update | Action::Delete)
     {
-        return Err(DomainError::forbidden("members of a direct conversation are fixed"));
+        return Err(DomainError::forbidden(
+            "members of a direct conversation are fixed",
+        ));
     }
 
     match grant(role, req.resource, req.action) {
@@ -136,12 +143,18 @@ fn non_member(req: &Request<'_>, own: bool) -> Result<(), DomainError> {
         return Err(DomainError::not_found("conversation"));
     }
     let read = req.action == Action::Read
-        && matches!(req.resource, Resource::Conversation | Resource::Message | Resource::Member | Resource::Reaction);
+        && matches!(
+            req.resource,
+            Resource::Conversation | Resource::Message | Resource::Member | Resource::Reaction
+        );
     let join = req.resource == Resource::Member && req.action == Action::Create && own;
     if read || (join && !req.conversation.archived) {
         Ok(())
     } else {
-        Err(DomainError::new(ErrorCode::NotMember, "join the channel first"))
+        Err(DomainError::new(
+            ErrorCode::NotMember,
+            "join the channel first",
+        ))
     }
 }
 
@@ -194,7 +207,10 @@ mod tests {
         Request {
             actor,
             actor_role: role,
-            conversation: ConversationFacts { kind, archived: false },
+            conversation: ConversationFacts {
+                kind,
+                archived: false,
+            },
             resource,
             action,
             owner,
@@ -221,20 +237,63 @@ mod tests {
         let (me, other) = (u("me"), u("other"));
         let g = ConversationKind::Group;
         assert!(authorize(&req(&me, Some(Role::Member), g, Message, Update, Some(&me))).is_ok());
-        let e = authorize(&req(&me, Some(Role::Member), g, Message, Update, Some(&other))).unwrap_err();
+        let e = authorize(&req(
+            &me,
+            Some(Role::Member),
+            g,
+            Message,
+            Update,
+            Some(&other),
+        ))
+        .unwrap_err();
         assert_eq!(e.code, ErrorCode::Forbidden);
         // Not even the owner edits someone else's words.
-        assert!(authorize(&req(&me, Some(Role::Owner), g, Message, Update, Some(&other))).is_err());
+        assert!(
+            authorize(&req(
+                &me,
+                Some(Role::Owner),
+                g,
+                Message,
+                Update,
+                Some(&other)
+            ))
+            .is_err()
+        );
         // Moderators delete anything.
-        assert!(authorize(&req(&me, Some(Role::Moderator), g, Message, Delete, Some(&other))).is_ok());
-        assert!(authorize(&req(&me, Some(Role::Member), g, Message, Delete, Some(&other))).is_err());
+        assert!(
+            authorize(&req(
+                &me,
+                Some(Role::Moderator),
+                g,
+                Message,
+                Delete,
+                Some(&other)
+            ))
+            .is_ok()
+        );
+        assert!(
+            authorize(&req(
+                &me,
+                Some(Role::Member),
+                g,
+                Message,
+                Delete,
+                Some(&other)
+            ))
+            .is_err()
+        );
     }
 
     #[test]
     fn non_members_of_private_conversations_see_nothing() {
         let me = u("me");
         for kind in [ConversationKind::Group, ConversationKind::Direct] {
-            for (res, act) in [(Conversation, Read), (Message, Read), (Message, Create), (Member, Create)] {
+            for (res, act) in [
+                (Conversation, Read),
+                (Message, Read),
+                (Message, Create),
+                (Member, Create),
+            ] {
                 let e = authorize(&req(&me, None, kind, res, act, Some(&me))).unwrap_err();
                 assert_eq!(e.code, ErrorCode::NotFound);
             }
@@ -248,11 +307,15 @@ mod tests {
         assert!(authorize(&req(&me, None, ch, Message, Read, None)).is_ok());
         assert!(authorize(&req(&me, None, ch, Member, Create, Some(&me))).is_ok());
         assert_eq!(
-            authorize(&req(&me, None, ch, Message, Create, Some(&me))).unwrap_err().code,
+            authorize(&req(&me, None, ch, Message, Create, Some(&me)))
+                .unwrap_err()
+                .code,
             ErrorCode::NotMember
         );
         assert_eq!(
-            authorize(&req(&me, None, ch, Member, Create, Some(&other))).unwrap_err().code,
+            authorize(&req(&me, None, ch, Member, Create, Some(&other)))
+                .unwrap_err()
+                .code,
             ErrorCode::NotMember
         );
     }
@@ -285,13 +348,30 @@ mod tests {
         rm.target_role = Some(Role::Admin);
         assert!(authorize(&rm).is_err());
         assert!(authorize(&req(&me, Some(Role::Member), g, Member, Delete, Some(&me))).is_ok());
-        assert!(authorize(&req(&me, Some(Role::Member), g, Member, Delete, Some(&other))).is_err());
+        assert!(
+            authorize(&req(
+                &me,
+                Some(Role::Member),
+                g,
+                Member,
+                Delete,
+                Some(&other)
+            ))
+            .is_err()
+        );
     }
 
     #[test]
     fn archived_is_read_only_and_direct_members_are_fixed() {
         let me = u("me");
-        let mut r = req(&me, Some(Role::Owner), ConversationKind::Group, Message, Create, Some(&me));
+        let mut r = req(
+            &me,
+            Some(Role::Owner),
+            ConversationKind::Group,
+            Message,
+            Create,
+            Some(&me),
+        );
         r.conversation.archived = true;
         assert_eq!(authorize(&r).unwrap_err().code, ErrorCode::Archived);
         r.resource = Conversation;
@@ -301,7 +381,14 @@ mod tests {
         r.resource = Message;
         r.action = Read;
         assert!(authorize(&r).is_ok());
-        let d = req(&me, Some(Role::Owner), ConversationKind::Direct, Member, Create, None);
+        let d = req(
+            &me,
+            Some(Role::Owner),
+            ConversationKind::Direct,
+            Member,
+            Create,
+            None,
+        );
         assert_eq!(authorize(&d).unwrap_err().code, ErrorCode::Forbidden);
     }
 }

@@ -151,13 +151,27 @@ mod tests {
 
     #[test]
     fn links_mentions_hashtags() {
-        let r = render("hey @alice and @bob.smith, see https://example.com/a?b=1&c=2 #Rust #rust #1");
+        let r =
+            render("hey @alice and @bob.smith, see https://example.com/a?b=1&c=2 #Rust #rust #1");
         assert_eq!(r.mentions, vec!["alice", "bob.smith"]);
         assert_eq!(r.links, vec!["https://example.com/a?b=1&c=2"]);
         assert_eq!(r.hashtags, vec!["rust"]);
-        assert!(r.html.contains("<span class=\"mention\">@alice</span>"), "{}", r.html);
-        assert!(r.html.contains("href=\"https://example.com/a?b=1&amp;c=2\""), "{}", r.html);
-        assert!(r.html.contains("rel=\"noopener noreferrer nofollow\""), "{}", r.html);
+        assert!(
+            r.html.contains("<span class=\"mention\">@alice</span>"),
+            "{}",
+            r.html
+        );
+        assert!(
+            r.html
+                .contains("href=\"https://example.com/a?b=1&amp;c=2\""),
+            "{}",
+            r.html
+        );
+        assert!(
+            r.html.contains("rel=\"noopener noreferrer nofollow\""),
+            "{}",
+            r.html
+        );
         assert!(r.html.contains("#1"), "{}", r.html);
     }
 
