@@ -89,6 +89,10 @@ pub async fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
     cfg.server.listen = args.listen.clone();
     cfg.server.internal_listen = args.internal_listen.clone();
     cfg.server.metrics_listen = args.metrics_listen.clone();
+    if cfg.server.socket_urls.is_empty() {
+        // In one process the realtime endpoint shares the API's port.
+        cfg.server.socket_urls = vec![format!("http://{}", args.listen)];
+    }
     if args.pretty {
         cfg.log.format = caas_config::LogFormat::Pretty;
     }

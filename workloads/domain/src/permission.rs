@@ -5,6 +5,7 @@
 //!    (`not_found`); a non-member of a channel may read it and join, nothing else (`not_member`);
 //! 3. ownership and rank: `Own` grants need the actor to own the target; acting on another
 //!    member needs a higher role than theirs.
+//!
 //! Archived conversations are read-only.
 
 use crate::error::{DomainError, ErrorCode};
