@@ -7,4 +7,6 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod build;
+pub mod controller;
 pub mod crd;
+pub mod http;

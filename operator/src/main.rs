@@ -1,8 +1,15 @@
-//! `caas-operator`: `crd` prints the CustomResourceDefinitions; `run` starts the controllers.
+//! `caas-operator`: `crd` prints the CustomResourceDefinitions; `run` starts the controllers
+//! with a `/metrics` + `/health` port. Flags have `CAAS_OPERATOR_*` environment equivalents
+//! (the Helm chart sets those). The cluster comes from the kubeconfig or the in-cluster config.
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
+use caas_operator::controller::{self, Context, Metrics, WatchScope};
 use clap::{Parser, Subcommand};
+use futures::FutureExt;
+use kube::runtime::events::Reporter;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 #[derive(Debug, Parser)]
 #[command(name = "caas-operator", version, about = "The caas control plane")]
@@ -19,6 +26,43 @@ enum Command {
         #[arg(long)]
         out_dir: Option<std::path::PathBuf>,
     },
+    /// Reconcile ChatPlatforms until SIGTERM.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Comma-separated namespaces to watch; empty: all namespaces.
+    #[arg(
+        long,
+        env = "CAAS_OPERATOR_WATCH_NAMESPACES",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
+    /// Address of the /metrics and /health listener.
+    #[arg(
+        long,
+        env = "CAAS_OPERATOR_METRICS_LISTEN",
+        default_value = "0.0.0.0:9090"
+    )]
+    metrics_listen: SocketAddr,
+    /// The namespace the operator runs in (NetworkPolicies admit it to the admin port).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "caas-system")]
+    namespace: String,
+    /// This replica's name, for events.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// An EnvFilter directive.
+    #[arg(long, env = "CAAS_OPERATOR_LOG", default_value = "info")]
+    log: String,
+    /// `json` or `pretty`.
+    #[arg(long, env = "CAAS_OPERATOR_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+    /// Accepted for the chart's sake; leader election is not implemented yet, so run one
+    /// replica (see docs/operator.md).
+    #[arg(long, env = "CAAS_OPERATOR_LEADER_ELECTION", default_value_t = false)]
+    leader_election: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,6 +70,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd { out_dir: None } => {
             print!("{}", caas_operator::crd::crds_yaml()?);
+            Ok(())
         }
         Command::Crd { out_dir: Some(dir) } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -34,7 +79,94 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, yaml)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+            Ok(())
+        }
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(run(args)),
+    }
+}
+
+fn init_tracing(args: &RunArgs) -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log).context("parsing the log filter")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "pretty" {
+        builder.try_init().map_err(|e| anyhow::anyhow!(e))
+    } else {
+        builder.json().try_init().map_err(|e| anyhow::anyhow!(e))
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "Failed to listen for SIGTERM; stopping on Ctrl-C only.");
+                let _ = ctrl_c.await;
+            }
         }
     }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(&args)?;
+    if args.leader_election {
+        tracing::warn!("Leader election is not implemented yet: run a single replica.");
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let metrics = Metrics::new().context("registering metrics")?;
+    let ctx = Arc::new(Context {
+        client,
+        operator_namespace: args.namespace.clone(),
+        metrics: metrics.clone(),
+        reporter: Reporter {
+            controller: "caas-operator".into(),
+            instance: args.pod_name.clone(),
+        },
+    });
+    let namespaces: Vec<String> = args
+        .watch_namespaces
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .collect();
+    let scope = if namespaces.is_empty() {
+        WatchScope::All
+    } else {
+        WatchScope::Namespaces(namespaces)
+    };
+    tracing::info!(scope = ?scope, metrics = %args.metrics_listen, "Starting the caas operator.");
+
+    let shutdown = shutdown_signal().boxed().shared();
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_listen))?;
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, caas_operator::http::router(metrics))
+            .with_graceful_shutdown(http_shutdown)
+            .await
+    });
+    controller::run(ctx, scope, shutdown).await;
+    http.await
+        .context("joining the HTTP server")?
+        .context("serving /metrics")?;
+    tracing::info!("Stopped.");
     Ok(())
 }

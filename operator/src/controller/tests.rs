@@ -1,0 +1,491 @@
+//! Reconcile tests against a mock API server (`tower_test`): each scenario lists the exact calls
+//! the reconciler must make, in order, and what the "API server" answers. A missing call fails
+//! the scenario's expectations; an extra call leaves the reconciler waiting for an answer that
+//! never comes, which fails the reconcile's deadline.
+
+use super::platform::{REQUEUE_WAITING, reconcile};
+use super::{Context, Metrics};
+use crate::crd::ChatPlatform;
+use crate::crd::common::ConditionType;
+use http::{Method, Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// How the mock answers one expected call.
+enum Answer {
+    /// 200 with this body.
+    Json(Value),
+    /// 200 with the request body (what an apply or create returns, near enough).
+    Echo,
+    /// 404 NotFound.
+    NotFound,
+    /// 200 with this object, its `status` replaced by the request's (a status patch).
+    WithStatus(Value),
+}
+
+struct Call {
+    method: Method,
+    path: String,
+    answer: Answer,
+}
+
+fn call(method: Method, path: &str, answer: Answer) -> Call {
+    Call {
+        method,
+        path: path.to_owned(),
+        answer,
+    }
+}
+
+/// A request the mock received.
+#[derive(Debug)]
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+/// Answers `calls` in order, asserting method and path; returns what it saw.
+fn serve(mut handle: Handle, calls: Vec<Call>) -> tokio::task::JoinHandle<Vec<Seen>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for (i, expected) in calls.into_iter().enumerate() {
+            let (request, send) = handle.next_request().await.unwrap_or_else(|| {
+                panic!("call {i} never came: {} {}", expected.method, expected.path)
+            });
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let query = request.uri().query().unwrap_or_default().to_owned();
+            let content_type = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap()
+            };
+            assert_eq!(
+                (&method, path.as_str()),
+                (&expected.method, expected.path.as_str()),
+                "call {i}: got {method} {path}, expected {} {}",
+                expected.method,
+                expected.path
+            );
+            let response = match expected.answer {
+                Answer::Json(v) => Response::builder()
+                    .status(200)
+                    .body(Body::from(serde_json::to_vec(&v).unwrap())),
+                Answer::Echo => Response::builder()
+                    .status(200)
+                    .body(Body::from(bytes.to_vec())),
+                Answer::WithStatus(mut object) => {
+                    object["status"] = body["status"].clone();
+                    Response::builder()
+                        .status(200)
+                        .body(Body::from(serde_json::to_vec(&object).unwrap()))
+                }
+                Answer::NotFound => Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(Body::from(
+                    serde_json::to_vec(&json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": "not found", "reason": "NotFound", "code": 404
+                    }))
+                    .unwrap(),
+                )),
+            };
+            send.send_response(response.unwrap());
+            seen.push(Seen {
+                method,
+                path,
+                query,
+                content_type,
+                body,
+            });
+        }
+        seen
+    })
+}
+
+fn context(client: Client) -> Arc<Context> {
+    Arc::new(Context {
+        client,
+        operator_namespace: "ops-ns".into(),
+        metrics: Metrics::new().unwrap(),
+        reporter: Reporter {
+            controller: "caas-operator".into(),
+            instance: Some("op-0".into()),
+        },
+    })
+}
+
+fn minimal_platform() -> ChatPlatform {
+    serde_json::from_value(json!({
+        "apiVersion": "caas.dev/v1alpha1",
+        "kind": "ChatPlatform",
+        "metadata": {"name": "orchid", "namespace": "bay", "uid": "uid-orchid-1", "generation": 1},
+        "spec": {
+            "version": "9.8.7",
+            "mongodb": {"uriSecretRef": {"name": "m-secret", "key": "m-key"}},
+            "kafka": {"bootstrapServers": "k0:9092"},
+            "redis": {"urlSecretRef": {"name": "r-secret", "key": "r-key"}},
+            "objectStorage": {"bucket": "b-bucket", "credentialsSecretRef": {"name": "s-secret"}}
+        }
+    }))
+    .unwrap()
+}
+
+fn status_patch() -> Call {
+    let object = serde_json::to_value(minimal_platform()).unwrap();
+    call(
+        Method::PATCH,
+        &format!("{CAAS}/chatplatforms/orchid/status"),
+        Answer::WithStatus(object),
+    )
+}
+
+fn secret(name: &str, keys: &[&str]) -> Value {
+    let data: serde_json::Map<String, Value> = keys
+        .iter()
+        .map(|k| ((*k).to_owned(), json!("dmFsdWU=")))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "bay"}, "data": data})
+}
+
+const CORE: &str = "/api/v1/namespaces/bay";
+const APPS: &str = "/apis/apps/v1/namespaces/bay";
+const CAAS: &str = "/apis/caas.dev/v1alpha1/namespaces/bay";
+
+/// The calls of a full pass once the referenced Secrets are there. `generated_exist`: the
+/// signing-keys and admin-token Secrets were created by an earlier pass.
+fn full_pass(generated_exist: bool) -> Vec<Call> {
+    let mut calls = vec![
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/m-secret"),
+            Answer::Json(secret("m-secret", &["m-key"])),
+        ),
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/r-secret"),
+            Answer::Json(secret("r-secret", &["r-key"])),
+        ),
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/s-secret"),
+            Answer::Json(secret("s-secret", &["accessKeyId", "secretAccessKey"])),
+        ),
+    ];
+    for (generated, key) in [
+        ("orchid-signing-keys", "k1.pem"),
+        ("orchid-admin-token", "token"),
+    ] {
+        if generated_exist {
+            calls.push(call(
+                Method::GET,
+                &format!("{CORE}/secrets/{generated}"),
+                Answer::Json(secret(generated, &[key])),
+            ));
+        } else {
+            calls.push(call(
+                Method::GET,
+                &format!("{CORE}/secrets/{generated}"),
+                Answer::NotFound,
+            ));
+            calls.push(call(Method::POST, &format!("{CORE}/secrets"), Answer::Echo));
+            calls.push(call(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/bay/events",
+                Answer::Echo,
+            ));
+        }
+    }
+    calls.push(call(
+        Method::PATCH,
+        &format!("{CORE}/serviceaccounts/orchid"),
+        Answer::Echo,
+    ));
+    calls.push(call(
+        Method::PATCH,
+        &format!("{CORE}/configmaps/orchid-config"),
+        Answer::Echo,
+    ));
+    for c in ["gateway", "socket", "pipeline", "media"] {
+        calls.push(call(
+            Method::PATCH,
+            &format!("{APPS}/deployments/orchid-{c}"),
+            Answer::Echo,
+        ));
+    }
+    calls.push(call(
+        Method::PATCH,
+        &format!("{APPS}/statefulsets/orchid-search"),
+        Answer::Echo,
+    ));
+    for s in [
+        "gateway",
+        "socket",
+        "pipeline",
+        "media",
+        "search",
+        "search-headless",
+    ] {
+        calls.push(call(
+            Method::PATCH,
+            &format!("{CORE}/services/orchid-{s}"),
+            Answer::Echo,
+        ));
+    }
+    for c in ["gateway", "socket", "pipeline", "media", "search"] {
+        calls.push(call(
+            Method::PATCH,
+            &format!("/apis/policy/v1/namespaces/bay/poddisruptionbudgets/orchid-{c}"),
+            Answer::Echo,
+        ));
+    }
+    for n in [
+        "default-deny",
+        "gateway",
+        "socket",
+        "pipeline",
+        "media",
+        "search",
+    ] {
+        calls.push(call(
+            Method::PATCH,
+            &format!("/apis/networking.k8s.io/v1/namespaces/bay/networkpolicies/orchid-{n}"),
+            Answer::Echo,
+        ));
+    }
+    calls.push(call(
+        Method::GET,
+        &format!("{CAAS}/tenants"),
+        Answer::Json(json!({
+            "apiVersion": "caas.dev/v1alpha1", "kind": "TenantList", "metadata": {},
+            "items": [
+                {"apiVersion": "caas.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "wren", "namespace": "bay"},
+                 "spec": {"platformRef": {"name": "orchid"}, "displayName": "Wren"}},
+                {"apiVersion": "caas.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "moth", "namespace": "bay"},
+                 "spec": {"platformRef": {"name": "elsewhere"}, "displayName": "Moth"}}
+            ]
+        })),
+    ));
+    calls.push(status_patch());
+    calls
+}
+
+async fn run_scenario(platform: ChatPlatform, calls: Vec<Call>) -> (Action, Vec<Seen>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let expected = calls.len();
+    let server = serve(handle, calls);
+    let action = tokio::time::timeout(
+        Duration::from_secs(10),
+        reconcile(Arc::new(platform), context(client)),
+    )
+    .await
+    .expect("the reconcile finished (no unexpected extra call)")
+    .expect("the reconcile succeeded");
+    let seen = tokio::time::timeout(Duration::from_secs(1), server)
+        .await
+        .expect("every expected call came")
+        .unwrap();
+    assert_eq!(seen.len(), expected);
+    (action, seen)
+}
+
+fn condition(status: &Value, type_: ConditionType) -> &Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_.as_str())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn create_from_scratch() {
+    let (action, seen) = run_scenario(minimal_platform(), full_pass(false)).await;
+    assert_eq!(
+        action,
+        Action::requeue(REQUEUE_WAITING),
+        "pods are not ready yet"
+    );
+
+    // Generated Secrets are created (not applied), with owner references.
+    let created: Vec<&Seen> = seen
+        .iter()
+        .filter(|s| s.method == Method::POST && s.path.ends_with("/secrets"))
+        .collect();
+    assert_eq!(created.len(), 2);
+    assert!(
+        created[0].body["stringData"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| k.ends_with(".pem"))
+    );
+    assert_eq!(
+        created[1].body["stringData"]["token"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert_eq!(
+        created[0].body["metadata"]["ownerReferences"][0]["uid"],
+        "uid-orchid-1"
+    );
+
+    // Every object is server-side applied with the one field manager, forced.
+    for s in seen
+        .iter()
+        .filter(|s| s.method == Method::PATCH && !s.path.ends_with("/status"))
+    {
+        assert_eq!(s.content_type, "application/apply-patch+yaml", "{}", s.path);
+        assert!(
+            s.query.contains("fieldManager=caas-operator"),
+            "{}: {}",
+            s.path,
+            s.query
+        );
+        assert!(s.query.contains("force=true"), "{}: {}", s.path, s.query);
+        assert!(
+            s.body["apiVersion"].is_string() && s.body["kind"].is_string(),
+            "{}",
+            s.path
+        );
+    }
+    let gateway = seen
+        .iter()
+        .find(|s| s.path.ends_with("/deployments/orchid-gateway"))
+        .unwrap();
+    assert_eq!(
+        gateway.body["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!(["gateway"])
+    );
+
+    // Status: truthful about pods that are not ready, tenants counted.
+    let status_patch = seen.last().unwrap();
+    let status = &status_patch.body["status"];
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["tenants"], 1);
+    assert_eq!(condition(status, ConditionType::Ready)["status"], "False");
+    assert_eq!(
+        condition(status, ConditionType::Progressing)["status"],
+        "True"
+    );
+    assert_eq!(
+        condition(status, ConditionType::Degraded)["status"],
+        "False"
+    );
+    assert!(
+        condition(status, ConditionType::Ready)["message"]
+            .as_str()
+            .unwrap()
+            .contains("gateway 0/2 ready")
+    );
+    assert_eq!(status["components"]["search"]["desiredReplicas"], 1);
+}
+
+#[tokio::test]
+async fn generated_secrets_are_never_rewritten() {
+    let (_, seen) = run_scenario(minimal_platform(), full_pass(true)).await;
+    assert!(
+        !seen.iter().any(|s| s.method == Method::POST),
+        "no create, no event on a steady pass"
+    );
+}
+
+#[tokio::test]
+async fn missing_secret_degrades_with_its_name() {
+    let calls = vec![
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/m-secret"),
+            Answer::NotFound,
+        ),
+        call(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/bay/events",
+            Answer::Echo,
+        ),
+        status_patch(),
+    ];
+    let (action, seen) = run_scenario(minimal_platform(), calls).await;
+    assert_eq!(action, Action::requeue(REQUEUE_WAITING));
+    assert_eq!(seen[1].body["type"], "Warning");
+    assert_eq!(seen[1].body["reason"], "SecretNotFound");
+    let status = &seen[2].body["status"];
+    let degraded = condition(status, ConditionType::Degraded);
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "SecretNotFound");
+    assert_eq!(degraded["message"], "Secret m-secret not found");
+    assert_eq!(condition(status, ConditionType::Ready)["status"], "False");
+}
+
+#[tokio::test]
+async fn a_secret_without_the_named_key_degrades() {
+    let calls = vec![
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/m-secret"),
+            Answer::Json(secret("m-secret", &["other"])),
+        ),
+        call(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/bay/events",
+            Answer::Echo,
+        ),
+        status_patch(),
+    ];
+    let (_, seen) = run_scenario(minimal_platform(), calls).await;
+    let degraded = condition(&seen[2].body["status"], ConditionType::Degraded);
+    assert_eq!(degraded["reason"], "SecretKeyMissing");
+    assert_eq!(degraded["message"], "Secret m-secret has no key m-key");
+}
+
+#[tokio::test]
+async fn paused_platform_changes_nothing() {
+    let mut p = minimal_platform();
+    p.metadata.annotations = Some([("caas.dev/paused".to_owned(), "true".to_owned())].into());
+    let calls = vec![status_patch()];
+    let (_, seen) = run_scenario(p, calls).await;
+    let progressing = condition(&seen[0].body["status"], ConditionType::Progressing);
+    assert_eq!(progressing["reason"], "Paused");
+}
+
+#[test]
+fn referenced_secrets_are_merged_by_name() {
+    let mut p = minimal_platform();
+    p.spec.redis.url_secret_ref.name = "m-secret".into();
+    let reqs = super::platform::referenced_secrets(&p);
+    let names: Vec<_> = reqs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["m-secret", "s-secret"]);
+    assert_eq!(reqs[0].keys, ["m-key", "r-key"]);
+    assert_eq!(reqs[1].keys, ["accessKeyId", "secretAccessKey"]);
+}
+
+#[test]
+fn error_metric_labels_are_stable() {
+    use super::Error;
+    assert_eq!(
+        Error::MissingObjectKey("x").metric_label(),
+        "missing_object_key"
+    );
+    let e = Error::Build(crate::build::BuildError::MissingMetadata("metadata.uid"));
+    assert_eq!(e.metric_label(), "build");
+}
