@@ -9,8 +9,9 @@
 //! Consumers read their partitions in offset order from their own connection and wait on a watch
 //! channel for new commits (no polling). Committed consumer offsets live in the same file. Within
 //! one process, each group has one consumer that owns every partition (there is nobody to
-//! rebalance with). Records are kept until [`EmbeddedLog::trim`] removes what every group has
-//! committed.
+//! rebalance with). Records are kept until [`EmbeddedLog::trim`] removes those that every group
+//! has committed and that are older than the retention (so realtime clients can still resume
+//! from recent positions).
 
 use crate::{Bus, BusError, Consumer, Delivery, LogPosition, Record, Result, partition_for};
 use async_trait::async_trait;
@@ -30,7 +31,7 @@ const MAX_GROUP: usize = 4_096;
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
-    key TEXT NOT NULL, payload BLOB NOT NULL, headers TEXT NOT NULL,
+    key TEXT NOT NULL, payload BLOB NOT NULL, headers TEXT NOT NULL, at_ms INTEGER NOT NULL,
     PRIMARY KEY (topic, partition, offset)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS commits (
     grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
@@ -50,6 +51,7 @@ enum Request {
         reply: oneshot::Sender<Result<()>>,
     },
     Trim {
+        older_than_ms: i64,
         reply: oneshot::Sender<Result<usize>>,
     },
 }
@@ -172,10 +174,15 @@ impl EmbeddedLog {
             .map_err(|_| BusError::Unavailable("log writer stopped".into()))
     }
 
-    /// Deletes records that every consumer group has committed. Returns how many.
-    pub async fn trim(&self) -> Result<usize> {
+    /// Deletes records that every consumer group has committed and that were appended more
+    /// than `retention` ago. Returns how many.
+    pub async fn trim(&self, retention: Duration) -> Result<usize> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Trim { reply })?;
+        let older_than_ms = now_ms() - retention.as_millis() as i64;
+        self.send(Request::Trim {
+            older_than_ms,
+            reply,
+        })?;
         rx.await
             .map_err(|_| BusError::Unavailable("log writer stopped".into()))?
     }
@@ -212,8 +219,11 @@ fn writer_loop(
                 Request::Commit { group, upto, reply } => {
                     let _ = reply.send(write_commit(&mut conn, &group, &upto));
                 }
-                Request::Trim { reply } => {
-                    let _ = reply.send(trim(&mut conn));
+                Request::Trim {
+                    older_than_ms,
+                    reply,
+                } => {
+                    let _ = reply.send(trim(&mut conn, older_than_ms));
                 }
             }
         }
@@ -226,9 +236,10 @@ fn writer_loop(
             let mut offsets = Vec::with_capacity(publishes.len());
             {
                 let mut st = tx.prepare_cached(
-                    "INSERT INTO records (topic, partition, offset, key, payload, headers)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO records (topic, partition, offset, key, payload, headers, at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?;
+                let at = now_ms();
                 for (topic, partition, record, _) in &publishes {
                     let head = next.entry((topic.clone(), *partition)).or_insert(0);
                     let headers =
@@ -239,7 +250,8 @@ fn writer_loop(
                         *head,
                         record.key,
                         record.payload.as_ref(),
-                        headers
+                        headers,
+                        at
                     ])?;
                     offsets.push(*head);
                     *head += 1;
@@ -284,14 +296,21 @@ fn write_commit(conn: &mut Connection, group: &str, upto: &[(String, LogPosition
     tx.commit().map_err(sqlerr)
 }
 
-fn trim(conn: &mut Connection) -> Result<usize> {
+fn trim(conn: &mut Connection, older_than_ms: i64) -> Result<usize> {
     conn.execute(
-        "DELETE FROM records WHERE offset < (
+        "DELETE FROM records WHERE at_ms < ?1 AND offset < (
             SELECT min(c.next_offset) FROM commits c
             WHERE c.topic = records.topic AND c.partition = records.partition)",
-        [],
+        [older_than_ms],
     )
     .map_err(sqlerr)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[async_trait]
@@ -594,7 +613,12 @@ mod tests {
         a.commit(&last_positions(&got)).await.unwrap();
         let got = drain(&mut b, 10).await;
         b.commit(&last_positions(&got[..3])).await.unwrap();
-        assert_eq!(log.trim().await.unwrap(), 3);
+        assert_eq!(
+            log.trim(Duration::from_secs(3600)).await.unwrap(),
+            0,
+            "too young"
+        );
+        assert_eq!(log.trim(Duration::ZERO).await.unwrap(), 3);
         let mut b2 = log.consumer("b", &["t"]).await.unwrap();
         assert_eq!(drain(&mut b2, 7).await.len(), 7);
     }

@@ -102,6 +102,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// A round trip to the log, for readiness.
     async fn ping(&self) -> Result<()>;
+
+    /// Periodic upkeep the log needs from its process (the embedded log drops records that
+    /// every group committed and that are older than `retention`). Kafka keeps its own
+    /// retention, so the default does nothing. Returns how many records were dropped.
+    async fn housekeeping(&self, retention: Duration) -> Result<usize> {
+        let _ = retention;
+        Ok(0)
+    }
 }
 
 pub type DynBus = Arc<dyn Bus>;

@@ -143,6 +143,26 @@ pub async fn start(
             pipeline_stop.clone(),
         ))
     });
+    if let caas_config::BusConfig::Embedded { retention_secs, .. } = &cfg.bus {
+        let (bus, retention, stop) = (
+            bus.clone(),
+            Duration::from_secs(*retention_secs),
+            http_stop.clone(),
+        );
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => match bus.housekeeping(retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(records = n, "Trimmed the embedded log."),
+                        Err(e) => tracing::warn!(error = %e, "Failed to trim the embedded log."),
+                    },
+                }
+            }
+        });
+    }
     on_bound(&bound)?;
 
     stop.cancelled().await;

@@ -77,10 +77,9 @@ pub async fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
             c.store = StoreConfig::Embedded {
                 path: path_str(&dir.join("store.db")),
             };
-            c.bus = BusConfig::Embedded {
-                path: path_str(&dir.join("log.db")),
-                partitions: 8,
-            };
+            if let BusConfig::Embedded { path, .. } = &mut c.bus {
+                *path = path_str(&dir.join("log.db"));
+            }
             c.auth.keys_dir = path_str(&dir.join("keys"));
             c.admin.token_file = path_str(&dir.join("admin-token"));
             c

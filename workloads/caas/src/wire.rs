@@ -31,7 +31,9 @@ pub async fn store(cfg: &StoreConfig) -> anyhow::Result<DynStore> {
 
 pub async fn bus(cfg: &BusConfig) -> anyhow::Result<DynBus> {
     Ok(match cfg {
-        BusConfig::Embedded { path, partitions } => Arc::new(
+        BusConfig::Embedded {
+            path, partitions, ..
+        } => Arc::new(
             caas_bus::embedded::EmbeddedLog::open(path, *partitions)
                 .with_context(|| format!("opening the log at {path}"))?,
         ),

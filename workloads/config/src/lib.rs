@@ -135,6 +135,9 @@ pub enum BusConfig {
         path: String,
         #[serde(default = "default_partitions")]
         partitions: u32,
+        /// Records every consumer group has committed are dropped once they are this old.
+        #[serde(default = "default_retention_secs")]
+        retention_secs: u64,
     },
     #[serde(rename_all = "camelCase")]
     Kafka(KafkaConfig),
@@ -145,12 +148,17 @@ impl Default for BusConfig {
         BusConfig::Embedded {
             path: "./caas-data/log.db".into(),
             partitions: default_partitions(),
+            retention_secs: default_retention_secs(),
         }
     }
 }
 
 fn default_partitions() -> u32 {
     8
+}
+
+fn default_retention_secs() -> u64 {
+    24 * 3_600
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
