@@ -10,3 +10,6 @@ pub mod build;
 pub mod controller;
 pub mod crd;
 pub mod http;
+pub mod leader;
+#[cfg(test)]
+mod mock_api;

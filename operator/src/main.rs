@@ -5,8 +5,11 @@
 
 use anyhow::Context as _;
 use caas_operator::controller::{self, Context, Metrics, WatchScope};
+use caas_operator::leader::{self, LeaseConfig};
 use clap::{Parser, Subcommand};
 use futures::FutureExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
 use kube::runtime::events::Reporter;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,10 +62,16 @@ struct RunArgs {
     /// `json` or `pretty`.
     #[arg(long, env = "CAAS_OPERATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
-    /// Accepted for the chart's sake; leader election is not implemented yet, so run one
-    /// replica (see docs/operator.md).
+    /// Reconcile only while holding the leader Lease (for several replicas).
     #[arg(long, env = "CAAS_OPERATOR_LEADER_ELECTION", default_value_t = false)]
     leader_election: bool,
+    /// Name of the leader Lease (in `--namespace`).
+    #[arg(
+        long,
+        env = "CAAS_OPERATOR_LEASE_NAME",
+        default_value = "caas-operator"
+    )]
+    lease_name: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -125,9 +134,6 @@ async fn shutdown_signal() {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     init_tracing(&args)?;
-    if args.leader_election {
-        tracing::warn!("Leader election is not implemented yet: run a single replica.");
-    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
@@ -163,7 +169,31 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_graceful_shutdown(http_shutdown)
             .await
     });
-    controller::run(ctx, scope, shutdown).await;
+    if args.leader_election {
+        let identity = args
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("caas-operator-{}", std::process::id()));
+        let lease = LeaseConfig::new(&args.lease_name, &args.namespace, identity);
+        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &args.namespace);
+        tokio::select! {
+            _ = leader::acquire(&leases, &lease) => {}
+            _ = shutdown.clone() => return Ok(()),
+        }
+        let lost = tokio::select! {
+            _ = controller::run(ctx.clone(), scope, shutdown.clone()) => false,
+            _ = leader::hold(&leases, &lease) => true,
+        };
+        if lost {
+            // Exit so the pod restarts as a candidate; never two leaders.
+            anyhow::bail!("lost the leader lease {}", lease.name);
+        }
+        if let Err(error) = leader::release(&leases, &lease).await {
+            tracing::warn!(error = %error, "Failed to release the leader lease.");
+        }
+    } else {
+        controller::run(ctx, scope, shutdown).await;
+    }
     http.await
         .context("joining the HTTP server")?
         .context("serving /metrics")?;

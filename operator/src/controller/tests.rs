@@ -7,7 +7,8 @@ use super::platform::{REQUEUE_WAITING, reconcile};
 use super::{Context, Metrics};
 use crate::crd::ChatPlatform;
 use crate::crd::common::ConditionType;
-use http::{Method, Request, Response, StatusCode};
+use crate::mock_api::{Answer, Call, Seen, call, serve};
+use http::{Method, Request, Response};
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
@@ -15,110 +16,6 @@ use kube::runtime::events::Reporter;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-/// How the mock answers one expected call.
-enum Answer {
-    /// 200 with this body.
-    Json(Value),
-    /// 200 with the request body (what an apply or create returns, near enough).
-    Echo,
-    /// 404 NotFound.
-    NotFound,
-    /// 200 with this object, its `status` replaced by the request's (a status patch).
-    WithStatus(Value),
-}
-
-struct Call {
-    method: Method,
-    path: String,
-    answer: Answer,
-}
-
-fn call(method: Method, path: &str, answer: Answer) -> Call {
-    Call {
-        method,
-        path: path.to_owned(),
-        answer,
-    }
-}
-
-/// A request the mock received.
-#[derive(Debug)]
-struct Seen {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
-
-/// Answers `calls` in order, asserting method and path; returns what it saw.
-fn serve(mut handle: Handle, calls: Vec<Call>) -> tokio::task::JoinHandle<Vec<Seen>> {
-    tokio::spawn(async move {
-        let mut seen = Vec::new();
-        for (i, expected) in calls.into_iter().enumerate() {
-            let (request, send) = handle.next_request().await.unwrap_or_else(|| {
-                panic!("call {i} never came: {} {}", expected.method, expected.path)
-            });
-            let method = request.method().clone();
-            let path = request.uri().path().to_owned();
-            let query = request.uri().query().unwrap_or_default().to_owned();
-            let content_type = request
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            let body: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).unwrap()
-            };
-            assert_eq!(
-                (&method, path.as_str()),
-                (&expected.method, expected.path.as_str()),
-                "call {i}: got {method} {path}, expected {} {}",
-                expected.method,
-                expected.path
-            );
-            let response = match expected.answer {
-                Answer::Json(v) => Response::builder()
-                    .status(200)
-                    .body(Body::from(serde_json::to_vec(&v).unwrap())),
-                Answer::Echo => Response::builder()
-                    .status(200)
-                    .body(Body::from(bytes.to_vec())),
-                Answer::WithStatus(mut object) => {
-                    object["status"] = body["status"].clone();
-                    Response::builder()
-                        .status(200)
-                        .body(Body::from(serde_json::to_vec(&object).unwrap()))
-                }
-                Answer::NotFound => Response::builder()
-                    .status(StatusCode::NOT_FOUND)
-                    .body(Body::from(
-                    serde_json::to_vec(&json!({
-                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                        "message": "not found", "reason": "NotFound", "code": 404
-                    }))
-                    .unwrap(),
-                )),
-            };
-            send.send_response(response.unwrap());
-            seen.push(Seen {
-                method,
-                path,
-                query,
-                content_type,
-                body,
-            });
-        }
-        seen
-    })
-}
 
 fn context(client: Client) -> Arc<Context> {
     Arc::new(Context {
