@@ -6,6 +6,7 @@
 // Tests may unwrap: a panic is how a test fails.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin_api;
 pub mod build;
 pub mod controller;
 pub mod crd;

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
+use caas_operator::admin_api::HttpTenantAdmin;
 use caas_operator::controller::{self, Context, Metrics, WatchScope};
 use caas_operator::leader::{self, LeaseConfig};
 use clap::{Parser, Subcommand};
@@ -146,6 +147,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             controller: "caas-operator".into(),
             instance: args.pod_name.clone(),
         },
+        admin: Arc::new(HttpTenantAdmin::new().context("building the admin API client")?),
+        backoff: Arc::default(),
     });
     let namespaces: Vec<String> = args
         .watch_namespaces

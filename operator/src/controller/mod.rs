@@ -7,14 +7,18 @@
 
 pub mod platform;
 pub mod status;
+pub mod tenant;
 
+#[cfg(test)]
+pub(crate) mod tenant_tests;
 #[cfg(test)]
 mod tests;
 
+use crate::admin_api::{AdminError, TenantAdmin};
 use crate::build::BuildError;
 use crate::build::secrets::SecretGenError;
-use crate::crd::ChatPlatform;
-use futures::StreamExt;
+use crate::crd::{ChatPlatform, Tenant};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -43,6 +47,10 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error(transparent)]
     SecretGeneration(#[from] SecretGenError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
     #[error("failed to {verb} {kind} {name}: {source}")]
     Kube {
         verb: &'static str,
@@ -61,6 +69,12 @@ impl Error {
             Error::Build(_) => "build",
             Error::SecretGeneration(_) => "secret_generation",
             Error::Kube { .. } => "kube_api",
+            Error::Admin(_) => "admin_api",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
         }
     }
 
@@ -160,6 +174,43 @@ pub struct Context {
     pub operator_namespace: String,
     pub metrics: Metrics,
     pub reporter: Reporter,
+    /// The platforms' tenant admin API.
+    pub admin: Arc<dyn TenantAdmin>,
+    /// Per-object retry delays after errors.
+    pub backoff: Arc<Backoff>,
+}
+
+/// Exponential retry delays per object: 5 s, 10 s, 20 s, ... up to 5 minutes; reset by a
+/// successful reconcile.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_secs(5);
+    const MAX: Duration = Duration::from_secs(300);
+
+    /// The delay before the next attempt for `key`, counting this failure.
+    pub fn next(&self, key: &str) -> Duration {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = failures.entry(key.to_owned()).or_insert(0);
+        let delay = Self::BASE
+            .saturating_mul(1u32 << (*n).min(10))
+            .min(Self::MAX);
+        *n = n.saturating_add(1);
+        delay
+    }
+
+    pub fn reset(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -215,7 +266,17 @@ fn short_kind<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-/// Logs and counts a failed reconcile, then retries after a pause.
+/// The backoff key of an object.
+pub fn backoff_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()).to_lowercase(),
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    )
+}
+
+/// Logs and counts a failed platform reconcile, then retries with backoff.
 pub fn platform_error_policy(
     platform: Arc<ChatPlatform>,
     error: &Error,
@@ -226,7 +287,17 @@ pub fn platform_error_policy(
         .errors
         .with_label_values(&["chatplatform", error.metric_label()])
         .inc();
-    Action::requeue(Duration::from_secs(15))
+    Action::requeue(ctx.backoff.next(&backoff_key(platform.as_ref())))
+}
+
+/// Logs and counts a failed tenant reconcile, then retries with backoff.
+pub fn tenant_error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %error, tenant = %tenant.name_any(), namespace = ?tenant.namespace(), "Failed to reconcile the tenant.");
+    ctx.metrics
+        .errors
+        .with_label_values(&["tenant", error.metric_label()])
+        .inc();
+    Action::requeue(ctx.backoff.next(&backoff_key(tenant.as_ref())))
 }
 
 /// Which namespaces to watch: all, or a list.
@@ -236,8 +307,8 @@ pub enum WatchScope {
     Namespaces(Vec<String>),
 }
 
-/// Runs the ChatPlatform controller until `shutdown` resolves (one controller per watched
-/// namespace when the scope is a list).
+/// Runs the ChatPlatform and Tenant controllers until `shutdown` resolves (one pair per
+/// watched namespace when the scope is a list).
 pub async fn run(
     ctx: Arc<Context>,
     scope: WatchScope,
@@ -278,7 +349,19 @@ pub async fn run(
                     tracing::debug!(error = %error, "Reconcile trigger failed.");
                 }
             });
-        controllers.push(controller);
+        controllers.push(controller.boxed());
+        let tenants = Controller::new(
+            child::<Tenant>(client.clone(), &ns),
+            watcher::Config::default(),
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(tenant::reconcile, tenant_error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(error = %error, "Reconcile trigger failed.");
+            }
+        });
+        controllers.push(tenants.boxed());
     }
     futures::future::join_all(controllers).await;
 }

@@ -344,6 +344,7 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
     );
     let ready = status.version.is_some();
     write_status(&platforms, &name, &status).await?;
+    ctx.backoff.reset(&super::backoff_key(platform.as_ref()));
     Ok(Action::requeue(if ready {
         REQUEUE_READY
     } else {

@@ -26,6 +26,8 @@ fn context(client: Client) -> Arc<Context> {
             controller: "caas-operator".into(),
             instance: Some("op-0".into()),
         },
+        admin: Arc::new(crate::controller::tenant_tests::FakeAdmin::default()),
+        backoff: Arc::default(),
     })
 }
 
