@@ -1,6 +1,6 @@
 //! A scripted mock API server for reconcile tests (`tower_test`): each test lists the exact
 //! calls it expects, in order, and what the "API server" answers. A missing call fails the
-//! expectations; an extra call leaves the caller waiting for an answer that never comes.
+//! expectations; an extra call finds the mock closed (`Service(Closed)`) and fails the caller.
 
 use http::{Method, Request, Response};
 use kube::client::Body;

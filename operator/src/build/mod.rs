@@ -5,9 +5,11 @@
 //!
 //! Submodules: `config` (the workload ConfigMap, rendered with the shared `caas_config::Config`),
 //! `pod` (the PSS-restricted pod template), `workloads` (Deployments, the search StatefulSet,
-//! Services, PDBs, HPAs), `network` (NetworkPolicies), `secrets` (generated Secrets).
+//! Services, PDBs, HPAs), `network` (NetworkPolicies), `ingress` (the optional Ingress),
+//! `secrets` (generated Secrets).
 
 pub mod config;
+pub mod ingress;
 pub mod network;
 pub mod pod;
 pub mod secrets;
@@ -21,7 +23,7 @@ use crate::crd::platform::{ChatPlatformSpec, ComponentSpec};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
@@ -245,6 +247,7 @@ pub struct Desired {
     pub pod_disruption_budgets: Vec<PodDisruptionBudget>,
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
     pub network_policies: Vec<NetworkPolicy>,
+    pub ingress: Option<Ingress>,
     /// The hash stamped on every pod template.
     pub config_hash: String,
 }
@@ -279,5 +282,6 @@ pub fn desired(platform: &ChatPlatform, inputs: &BuildInputs) -> Result<Desired,
     if platform.spec.network_policy.enabled {
         out.network_policies = network::network_policies(platform, &names, inputs)?;
     }
+    out.ingress = ingress::ingress(platform, &names)?;
     Ok(out)
 }

@@ -810,3 +810,44 @@ fn generated_secrets_hold_usable_material() {
         "uid-orchid-1"
     );
 }
+
+#[test]
+fn ingress_routes_socket_io_and_the_rest_to_the_gateway() {
+    assert!(build(&minimal_platform()).ingress.is_none());
+    let d = build(&full_platform());
+    let ingress = d.ingress.unwrap();
+    let spec = ingress.spec.unwrap();
+    assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
+    let tls = &spec.tls.unwrap()[0];
+    assert_eq!(tls.secret_name.as_deref(), Some("chat-example-com-tls"));
+    assert_eq!(
+        tls.hosts.as_deref(),
+        Some(&["chat.example.com".to_owned()][..])
+    );
+    let rule = &spec.rules.unwrap()[0];
+    assert_eq!(rule.host.as_deref(), Some("chat.example.com"));
+    let paths: Vec<(String, String)> = rule
+        .http
+        .as_ref()
+        .unwrap()
+        .paths
+        .iter()
+        .map(|p| {
+            (
+                p.path.clone().unwrap(),
+                p.backend.service.as_ref().unwrap().name.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("/socket.io".to_owned(), "chat-prod-socket".to_owned()),
+            ("/".to_owned(), "chat-prod-gateway".to_owned())
+        ]
+    );
+    assert_eq!(
+        ingress.metadata.annotations.unwrap()["nginx.ingress.kubernetes.io/proxy-read-timeout"],
+        "3600"
+    );
+}

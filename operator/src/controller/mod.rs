@@ -22,7 +22,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
 use kube::runtime::watcher;
@@ -248,6 +248,49 @@ where
     .map_err(Error::kube("apply", kind, name))
 }
 
+/// Deletes the objects of kind `K` matching `selector` that the owner (by uid) controls and
+/// that are not in `keep`: what the spec no longer asks for (an HPA after autoscaling was
+/// turned off, NetworkPolicies after they were disabled). Returns the deleted names.
+pub async fn prune<K>(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    owner_uid: &str,
+    keep: &[String],
+) -> Result<Vec<String>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let kind = short_kind::<K>();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let list = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(Error::kube("list", kind, namespace))?;
+    let mut deleted = Vec::new();
+    for obj in list.items {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let owned = obj
+            .meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == owner_uid && o.controller == Some(true));
+        if !owned || keep.contains(&name) {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => deleted.push(name),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(Error::kube("delete", kind, name)(e)),
+        }
+    }
+    Ok(deleted)
+}
+
 fn short_kind<K: Resource<DynamicType = ()>>() -> &'static str {
     // Kinds of the objects the operator applies, as static strings for error messages.
     match K::kind(&()).as_ref() {
@@ -260,6 +303,7 @@ fn short_kind<K: Resource<DynamicType = ()>>() -> &'static str {
         "PodDisruptionBudget" => "PodDisruptionBudget",
         "HorizontalPodAutoscaler" => "HorizontalPodAutoscaler",
         "NetworkPolicy" => "NetworkPolicy",
+        "Ingress" => "Ingress",
         "ChatPlatform" => "ChatPlatform",
         "Tenant" => "Tenant",
         _ => "object",

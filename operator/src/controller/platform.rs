@@ -1,17 +1,22 @@
 //! The ChatPlatform reconcile pipeline: (paused? stop) -> read the Secrets the pods will use
 //! (a missing one ends the pass with Degraded and its name) and create the generated ones once
 //! -> build every object (pure, `crate::build`) -> server-side apply each, in a fixed order ->
-//! count tenants -> write the status computed from what the API server returned.
+//! delete what the spec no longer asks for -> count tenants -> write the status computed from
+//! what the API server returned.
 
 use super::status::{self, Observed, reason};
-use super::{Context, Error, apply};
+use super::{Context, Error, apply, prune};
+use crate::build::MANAGER;
 use crate::build::secrets::{
     admin_token_secret, generate_signing_key, generate_token, signing_keys_secret,
 };
 use crate::build::{self, BuildInputs, Component, Names, config::secrets_digest};
 use crate::crd::platform::{ChatPlatformStatus, PAUSED_ANNOTATION};
 use crate::crd::{ChatPlatform, Tenant};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -322,6 +327,54 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
     }
     for n in &desired.network_policies {
         apply(client, &ns, n).await?;
+    }
+    if let Some(ingress) = &desired.ingress {
+        apply(client, &ns, ingress).await?;
+    }
+
+    // Remove what the spec no longer asks for.
+    let selector =
+        format!("app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={MANAGER}");
+    let uid = platform
+        .metadata
+        .uid
+        .clone()
+        .ok_or(Error::MissingObjectKey("metadata.uid"))?;
+    let names_of = |metas: Vec<&ObjectMeta>| {
+        metas
+            .into_iter()
+            .filter_map(|m| m.name.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut pruned = Vec::new();
+    let keep = names_of(desired.autoscalers.iter().map(|x| &x.metadata).collect());
+    for n in prune::<HorizontalPodAutoscaler>(client, &ns, &selector, &uid, &keep).await? {
+        pruned.push(format!("HorizontalPodAutoscaler {n}"));
+    }
+    let keep = names_of(
+        desired
+            .network_policies
+            .iter()
+            .map(|x| &x.metadata)
+            .collect(),
+    );
+    for n in prune::<NetworkPolicy>(client, &ns, &selector, &uid, &keep).await? {
+        pruned.push(format!("NetworkPolicy {n}"));
+    }
+    let keep = names_of(desired.ingress.iter().map(|x| &x.metadata).collect());
+    for n in prune::<Ingress>(client, &ns, &selector, &uid, &keep).await? {
+        pruned.push(format!("Ingress {n}"));
+    }
+    for what in pruned {
+        publish(
+            &ctx,
+            &platform,
+            EventType::Normal,
+            "Deleted",
+            "Prune",
+            format!("Deleted {what}: no longer in the spec"),
+        )
+        .await;
     }
 
     let tenants: Api<Tenant> = Api::namespaced(ctx.client.clone(), &ns);

@@ -1,7 +1,6 @@
 //! Reconcile tests against a mock API server (`tower_test`): each scenario lists the exact calls
 //! the reconciler must make, in order, and what the "API server" answers. A missing call fails
-//! the scenario's expectations; an extra call leaves the reconciler waiting for an answer that
-//! never comes, which fails the reconcile's deadline.
+//! the scenario's expectations; an extra call finds the mock closed and fails the reconcile.
 
 use super::platform::{REQUEUE_WAITING, reconcile};
 use super::{Context, Metrics};
@@ -45,6 +44,10 @@ fn minimal_platform() -> ChatPlatform {
         }
     }))
     .unwrap()
+}
+
+fn empty_list() -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []})
 }
 
 fn status_patch() -> Call {
@@ -168,6 +171,13 @@ fn full_pass(generated_exist: bool) -> Vec<Call> {
             &format!("/apis/networking.k8s.io/v1/namespaces/bay/networkpolicies/orchid-{n}"),
             Answer::Echo,
         ));
+    }
+    for list in [
+        "/apis/autoscaling/v2/namespaces/bay/horizontalpodautoscalers",
+        "/apis/networking.k8s.io/v1/namespaces/bay/networkpolicies",
+        "/apis/networking.k8s.io/v1/namespaces/bay/ingresses",
+    ] {
+        calls.push(call(Method::GET, list, Answer::Json(empty_list())));
     }
     calls.push(call(
         Method::GET,
@@ -387,4 +397,121 @@ fn error_metric_labels_are_stable() {
     );
     let e = Error::Build(crate::build::BuildError::MissingMetadata("metadata.uid"));
     assert_eq!(e.metric_label(), "build");
+}
+
+fn index_of(calls: &[Call], method: Method, path: &str) -> usize {
+    calls
+        .iter()
+        .position(|c| c.method == method && c.path == path)
+        .unwrap()
+}
+
+fn hpa(name: &str, owner_uid: &str) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": "bay", "ownerReferences": [{
+            "apiVersion": "caas.dev/v1alpha1", "kind": "ChatPlatform", "name": "orchid",
+            "uid": owner_uid, "controller": true
+        }]},
+        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": name}, "maxReplicas": 3}
+    })
+}
+
+#[tokio::test]
+async fn objects_no_longer_in_the_spec_are_pruned() {
+    // Autoscaling was turned off for socket: its HPA goes; an HPA owned by someone else stays.
+    let mut calls = full_pass(true);
+    const HPAS: &str = "/apis/autoscaling/v2/namespaces/bay/horizontalpodautoscalers";
+    let i = index_of(&calls, Method::GET, HPAS);
+    calls[i].answer = Answer::Json(json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {},
+        "items": [hpa("orchid-socket", "uid-orchid-1"), hpa("orchid-other", "uid-someone-else")]
+    }));
+    calls.insert(
+        i + 1,
+        call(
+            Method::DELETE,
+            &format!("{HPAS}/orchid-socket"),
+            Answer::Json(hpa("orchid-socket", "uid-orchid-1")),
+        ),
+    );
+    let j = index_of(
+        &calls,
+        Method::GET,
+        "/apis/networking.k8s.io/v1/namespaces/bay/ingresses",
+    );
+    calls.insert(
+        j + 1,
+        call(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/bay/events",
+            Answer::Echo,
+        ),
+    );
+    let (_, seen) = run_scenario(minimal_platform(), calls).await;
+    let list = seen.iter().find(|s| s.path == HPAS).unwrap();
+    assert!(
+        list.query.contains("app.kubernetes.io%2Finstance%3Dorchid"),
+        "{}",
+        list.query
+    );
+    let event = seen.iter().find(|s| s.path.ends_with("/events")).unwrap();
+    assert_eq!(event.body["reason"], "Deleted");
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .contains("HorizontalPodAutoscaler orchid-socket")
+    );
+}
+
+#[tokio::test]
+async fn a_second_pass_applies_the_same_objects() {
+    // Server-side apply of identical intent is a no-op for the API server; drift made by
+    // others is overwritten by the same apply (forced, one field manager).
+    let (_, first) = run_scenario(minimal_platform(), full_pass(true)).await;
+    let (_, second) = run_scenario(minimal_platform(), full_pass(true)).await;
+    let applies = |seen: &[Seen]| -> Vec<(String, Value)> {
+        seen.iter()
+            .filter(|s| s.method == Method::PATCH && !s.path.ends_with("/status"))
+            .map(|s| (s.path.clone(), s.body.clone()))
+            .collect()
+    };
+    assert_eq!(applies(&first), applies(&second));
+    assert_eq!(applies(&first).len(), 24);
+}
+
+#[tokio::test]
+async fn the_ingress_is_applied_when_asked_for() {
+    let mut p = minimal_platform();
+    p.spec.ingress = Some(serde_json::from_value(json!({"host": "chat.bay.test"})).unwrap());
+    let mut calls = full_pass(true);
+    let i = index_of(
+        &calls,
+        Method::GET,
+        "/apis/autoscaling/v2/namespaces/bay/horizontalpodautoscalers",
+    );
+    calls.insert(
+        i,
+        call(
+            Method::PATCH,
+            "/apis/networking.k8s.io/v1/namespaces/bay/ingresses/orchid",
+            Answer::Echo,
+        ),
+    );
+    let (_, seen) = run_scenario(p, calls).await;
+    let ingress = seen
+        .iter()
+        .find(|s| s.path.ends_with("/ingresses/orchid"))
+        .unwrap();
+    assert_eq!(ingress.body["spec"]["rules"][0]["host"], "chat.bay.test");
+}
+
+#[tokio::test]
+#[should_panic(expected = "Closed")]
+async fn the_harness_fails_a_reconcile_that_makes_an_unexpected_call() {
+    // Drop the expected status write: the reconcile's last call then finds the mock closed.
+    let mut calls = full_pass(true);
+    calls.pop();
+    run_scenario(minimal_platform(), calls).await;
 }
