@@ -134,9 +134,16 @@ impl MessageId {
     }
 
     /// The id of a message sent with a client message id: the same for every retry of the same
-    /// send, so the log and the store can recognise a retried send as one message.
-    pub fn for_client_id(tenant: &TenantId, sender: &UserId, client_msg_id: &str) -> Self {
-        let name = format!("{tenant}\0{sender}\0{client_msg_id}");
+    /// send, so the log and the store can recognise a retried send as one message. The
+    /// conversation is part of it: the same client id used in another conversation is another
+    /// message, never a duplicate of the first.
+    pub fn for_client_id(
+        tenant: &TenantId,
+        conversation: &ConversationId,
+        sender: &UserId,
+        client_msg_id: &str,
+    ) -> Self {
+        let name = format!("{tenant}\0{conversation}\0{sender}\0{client_msg_id}");
         Self(uuid::Uuid::new_v5(&CAAS_NAMESPACE, name.as_bytes()))
     }
 
@@ -221,18 +228,21 @@ mod tests {
     #[test]
     fn client_ids_give_stable_message_ids() {
         let t = TenantId::parse("t1").unwrap();
+        let c = ConversationId::parse("c1").unwrap();
+        let d = ConversationId::parse("c2").unwrap();
         let u = UserId::parse("u1").unwrap();
         let v = UserId::parse("u2").unwrap();
-        assert_eq!(
-            MessageId::for_client_id(&t, &u, "k"),
-            MessageId::for_client_id(&t, &u, "k")
-        );
+        let id = |c: &ConversationId, u: &UserId, k: &str| MessageId::for_client_id(&t, c, u, k);
+        assert_eq!(id(&c, &u, "k"), id(&c, &u, "k"));
+        assert_ne!(id(&c, &u, "k"), id(&c, &v, "k"));
         assert_ne!(
-            MessageId::for_client_id(&t, &u, "k"),
-            MessageId::for_client_id(&t, &v, "k")
+            id(&c, &u, "k"),
+            id(&d, &u, "k"),
+            "another conversation, another message"
         );
+        assert_ne!(id(&c, &u, "k"), id(&c, &u, "l"));
         assert!(MessageId::parse("nope").is_err());
-        let id = MessageId::generate();
-        assert_eq!(MessageId::parse(&id.to_string()).unwrap(), id);
+        let g = MessageId::generate();
+        assert_eq!(MessageId::parse(&g.to_string()).unwrap(), g);
     }
 }

@@ -336,7 +336,7 @@ async fn list_conversations(
     State(s): State<AppState>,
     caller: Caller,
     Query(q): Query<ConversationListQuery>,
-) -> Result<Json<ConversationListView>, ApiError> {
+) -> Result<(HeaderMap, Json<ConversationListView>), ApiError> {
     if let Some(c) = &q.cursor
         && caas_store::decode_conversation_cursor(c).is_none()
     {
@@ -347,11 +347,12 @@ async fn list_conversations(
         limit: page_limit(q.limit, 50)?,
         include_archived: q.include_archived.unwrap_or(false),
     };
+    let fresh = s.wait_all_persisted().await?;
     let list = s
         .store
         .list_user_conversations(caller.tenant(), caller.user(), &page)
         .await?;
-    Ok(Json(ConversationListView {
+    let view = ConversationListView {
         conversations: list
             .items
             .into_iter()
@@ -361,7 +362,8 @@ async fn list_conversations(
             })
             .collect(),
         next_cursor: list.next,
-    }))
+    };
+    Ok((stale_headers(fresh), Json(view)))
 }
 
 /// One conversation.
@@ -721,17 +723,19 @@ async fn accept(
     s.rate_limit(caller, "msg").await?;
 
     let message_id = match &client_msg_id {
-        Some(c) => MessageId::for_client_id(caller.tenant(), caller.user(), c),
+        Some(c) => MessageId::for_client_id(caller.tenant(), &conv.id, caller.user(), c),
         None => MessageId::generate(),
     };
     let dedupe_key = client_msg_id
         .as_ref()
-        .map(|c| format!("{}:{}:{c}", caller.tenant(), caller.user()));
+        .map(|c| format!("{}:{}:{}:{c}", caller.tenant(), conv.id, caller.user()));
     if let Some(key) = &dedupe_key {
         if let Some(done) = reserve(s, key).await? {
             return Ok(done);
         }
-        // Remembered beyond the de-duplication cache: the store has it.
+        // Not in the de-duplication cache (restarted, or beyond its window): a send acked long
+        // enough ago is in the store. One acked moments before a restart may still be on its way
+        // there; publishing it again is harmless — same message id, stored once.
         if let Some(m) = s
             .store
             .get_message(caller.tenant(), &conv.id, &message_id)

@@ -261,24 +261,41 @@ impl AppState {
             .bus
             .high_watermark(topics::CONVERSATION_EVENTS, partition)
             .await?;
+        self.wait_progress(&[(partition, target)]).await
+    }
+
+    /// [`AppState::wait_persisted`] for every partition at once: what "my conversations"
+    /// (last message, unread counts) needs to include every write published before the call.
+    pub async fn wait_all_persisted(&self) -> Result<bool, ApiError> {
+        let partitions = self.bus.partitions(topics::CONVERSATION_EVENTS) as i32;
+        let targets = futures::future::try_join_all(
+            (0..partitions).map(|p| self.bus.high_watermark(topics::CONVERSATION_EVENTS, p)),
+        )
+        .await?;
+        let targets: Vec<(i32, i64)> = targets
+            .into_iter()
+            .enumerate()
+            .map(|(p, t)| (p as i32, t))
+            .collect();
+        self.wait_progress(&targets).await
+    }
+
+    /// Waits until the persisted progress reaches every `(partition, next offset)` target.
+    async fn wait_progress(&self, targets: &[(i32, i64)]) -> Result<bool, ApiError> {
         let deadline =
             Instant::now() + Duration::from_millis(self.config.limits.read_your_writes_timeout_ms);
         let mut pause = Duration::from_millis(1);
         loop {
-            let done = self
-                .store
-                .progress(PERSIST_CONSUMER)
-                .await?
-                .get(&partition)
-                .copied()
-                .unwrap_or(0);
-            if done >= target {
+            let progress = self.store.progress(PERSIST_CONSUMER).await?;
+            let behind = targets
+                .iter()
+                .find(|(p, t)| progress.get(p).copied().unwrap_or(0) < *t);
+            let Some((partition, target)) = behind else {
                 return Ok(true);
-            }
+            };
             if Instant::now() >= deadline {
                 tracing::warn!(
                     partition,
-                    done,
                     target,
                     "Persistence is behind the log; answering with stale data."
                 );
