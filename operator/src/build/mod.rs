@@ -6,10 +6,11 @@
 //! Submodules: `config` (the workload ConfigMap, rendered with the shared `caas_config::Config`),
 //! `pod` (the PSS-restricted pod template), `workloads` (Deployments, the search StatefulSet,
 //! Services, PDBs, HPAs), `network` (NetworkPolicies), `ingress` (the optional Ingress),
-//! `secrets` (generated Secrets).
+//! `monitoring` (the optional ServiceMonitor), `secrets` (generated Secrets).
 
 pub mod config;
 pub mod ingress;
+pub mod monitoring;
 pub mod network;
 pub mod pod;
 pub mod secrets;
@@ -248,6 +249,7 @@ pub struct Desired {
     pub autoscalers: Vec<HorizontalPodAutoscaler>,
     pub network_policies: Vec<NetworkPolicy>,
     pub ingress: Option<Ingress>,
+    pub service_monitor: Option<kube::core::DynamicObject>,
     /// The hash stamped on every pod template.
     pub config_hash: String,
 }
@@ -283,5 +285,6 @@ pub fn desired(platform: &ChatPlatform, inputs: &BuildInputs) -> Result<Desired,
         out.network_policies = network::network_policies(platform, &names, inputs)?;
     }
     out.ingress = ingress::ingress(platform, &names)?;
+    out.service_monitor = monitoring::service_monitor(platform, &names)?;
     Ok(out)
 }

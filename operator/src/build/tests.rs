@@ -851,3 +851,38 @@ fn ingress_routes_socket_io_and_the_rest_to_the_gateway() {
         "3600"
     );
 }
+
+#[test]
+fn service_monitor_scrapes_every_metrics_port_when_enabled() {
+    assert!(build(&minimal_platform()).service_monitor.is_none());
+    let d = build(&full_platform());
+    let sm = d.service_monitor.unwrap();
+    let json = serde_json::to_value(&sm).unwrap();
+    assert_eq!(json["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(json["kind"], "ServiceMonitor");
+    assert_eq!(json["metadata"]["name"], "chat-prod");
+    assert_eq!(json["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(json["metadata"]["ownerReferences"][0]["uid"], "uid-full-1");
+    assert_eq!(
+        json["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "chat-prod"
+    );
+    assert_eq!(
+        json["spec"]["endpoints"][0],
+        json!({"port": "metrics", "path": "/metrics", "interval": "15s"})
+    );
+    // Every Service it selects has the port it scrapes.
+    for s in &d.services {
+        let spec = s.spec.as_ref().unwrap();
+        if spec.cluster_ip.as_deref() == Some("None") {
+            continue;
+        }
+        assert!(
+            spec.ports
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|p| p.name.as_deref() == Some("metrics"))
+        );
+    }
+}

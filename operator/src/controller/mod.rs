@@ -248,28 +248,23 @@ where
     .map_err(Error::kube("apply", kind, name))
 }
 
-/// Deletes the objects of kind `K` matching `selector` that the owner (by uid) controls and
-/// that are not in `keep`: what the spec no longer asks for (an HPA after autoscaling was
-/// turned off, NetworkPolicies after they were disabled). Returns the deleted names.
+/// Deletes the objects in `api` matching `selector` that the owner (by uid) controls and that
+/// are not in `keep`: what the spec no longer asks for (an HPA after autoscaling was turned
+/// off, NetworkPolicies after they were disabled). Returns the deleted names.
 pub async fn prune<K>(
-    client: &Client,
-    namespace: &str,
+    api: &Api<K>,
+    kind: &'static str,
     selector: &str,
     owner_uid: &str,
     keep: &[String],
 ) -> Result<Vec<String>, Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Debug,
+    K: Resource + Clone + DeserializeOwned + Debug,
 {
-    let kind = short_kind::<K>();
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let list = api
         .list(&ListParams::default().labels(selector))
         .await
-        .map_err(Error::kube("list", kind, namespace))?;
+        .map_err(Error::kube("list", kind, selector))?;
     let mut deleted = Vec::new();
     for obj in list.items {
         let name = obj.meta().name.clone().unwrap_or_default();

@@ -7,6 +7,7 @@
 use super::status::{self, Observed, reason};
 use super::{Context, Error, apply, prune};
 use crate::build::MANAGER;
+use crate::build::monitoring::{SERVICE_MONITOR_CRD, service_monitor_resource};
 use crate::build::secrets::{
     admin_token_secret, generate_signing_key, generate_token, signing_keys_secret,
 };
@@ -16,9 +17,11 @@ use crate::crd::{ChatPlatform, Tenant};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
@@ -332,6 +335,36 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
         apply(client, &ns, ingress).await?;
     }
 
+    // The ServiceMonitor only where the Prometheus Operator's CRD exists.
+    let monitoring = service_monitor_crd_exists(client).await?;
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &service_monitor_resource());
+    if let Some(monitor) = &desired.service_monitor {
+        if monitoring {
+            monitors
+                .patch(
+                    &name,
+                    &PatchParams::apply(super::FIELD_MANAGER).force(),
+                    &Patch::Apply(monitor),
+                )
+                .await
+                .map_err(Error::kube("apply", "ServiceMonitor", &name))?;
+        } else {
+            let note = format!(
+                "observability.serviceMonitor is enabled but the {SERVICE_MONITOR_CRD} CRD is not installed"
+            );
+            publish(
+                &ctx,
+                &platform,
+                EventType::Warning,
+                "ServiceMonitorUnavailable",
+                "Reconcile",
+                note,
+            )
+            .await;
+        }
+    }
+
     // Remove what the spec no longer asks for.
     let selector =
         format!("app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={MANAGER}");
@@ -348,7 +381,8 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
     };
     let mut pruned = Vec::new();
     let keep = names_of(desired.autoscalers.iter().map(|x| &x.metadata).collect());
-    for n in prune::<HorizontalPodAutoscaler>(client, &ns, &selector, &uid, &keep).await? {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
+    for n in prune(&hpas, "HorizontalPodAutoscaler", &selector, &uid, &keep).await? {
         pruned.push(format!("HorizontalPodAutoscaler {n}"));
     }
     let keep = names_of(
@@ -358,12 +392,26 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
             .map(|x| &x.metadata)
             .collect(),
     );
-    for n in prune::<NetworkPolicy>(client, &ns, &selector, &uid, &keep).await? {
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    for n in prune(&policies, "NetworkPolicy", &selector, &uid, &keep).await? {
         pruned.push(format!("NetworkPolicy {n}"));
     }
     let keep = names_of(desired.ingress.iter().map(|x| &x.metadata).collect());
-    for n in prune::<Ingress>(client, &ns, &selector, &uid, &keep).await? {
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    for n in prune(&ingresses, "Ingress", &selector, &uid, &keep).await? {
         pruned.push(format!("Ingress {n}"));
+    }
+    if monitoring {
+        let keep = names_of(
+            desired
+                .service_monitor
+                .iter()
+                .map(|x| &x.metadata)
+                .collect(),
+        );
+        for n in prune(&monitors, "ServiceMonitor", &selector, &uid, &keep).await? {
+            pruned.push(format!("ServiceMonitor {n}"));
+        }
     }
     for what in pruned {
         publish(
@@ -403,6 +451,21 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
     } else {
         REQUEUE_WAITING
     }))
+}
+
+/// Whether the Prometheus Operator's ServiceMonitor CRD is installed. The operator may read
+/// that one CRD by name; a refusal (RBAC) counts as "not installed".
+async fn service_monitor_crd_exists(client: &kube::Client) -> Result<bool, Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match crds.get_opt(SERVICE_MONITOR_CRD).await {
+        Ok(found) => Ok(found.is_some()),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(false),
+        Err(e) => Err(Error::kube(
+            "get",
+            "CustomResourceDefinition",
+            SERVICE_MONITOR_CRD,
+        )(e)),
+    }
 }
 
 fn component_of(

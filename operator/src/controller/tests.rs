@@ -70,6 +70,8 @@ fn secret(name: &str, keys: &[&str]) -> Value {
 const CORE: &str = "/api/v1/namespaces/bay";
 const APPS: &str = "/apis/apps/v1/namespaces/bay";
 const CAAS: &str = "/apis/caas.dev/v1alpha1/namespaces/bay";
+const SM_CRD: &str =
+    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com";
 
 /// The calls of a full pass once the referenced Secrets are there. `generated_exist`: the
 /// signing-keys and admin-token Secrets were created by an earlier pass.
@@ -172,6 +174,7 @@ fn full_pass(generated_exist: bool) -> Vec<Call> {
             Answer::Echo,
         ));
     }
+    calls.push(call(Method::GET, SM_CRD, Answer::NotFound));
     for list in [
         "/apis/autoscaling/v2/namespaces/bay/horizontalpodautoscalers",
         "/apis/networking.k8s.io/v1/namespaces/bay/networkpolicies",
@@ -486,11 +489,7 @@ async fn the_ingress_is_applied_when_asked_for() {
     let mut p = minimal_platform();
     p.spec.ingress = Some(serde_json::from_value(json!({"host": "chat.bay.test"})).unwrap());
     let mut calls = full_pass(true);
-    let i = index_of(
-        &calls,
-        Method::GET,
-        "/apis/autoscaling/v2/namespaces/bay/horizontalpodautoscalers",
-    );
+    let i = index_of(&calls, Method::GET, SM_CRD);
     calls.insert(
         i,
         call(
@@ -514,4 +513,60 @@ async fn the_harness_fails_a_reconcile_that_makes_an_unexpected_call() {
     let mut calls = full_pass(true);
     calls.pop();
     run_scenario(minimal_platform(), calls).await;
+}
+
+fn with_service_monitor() -> ChatPlatform {
+    let mut p = minimal_platform();
+    p.spec.observability.service_monitor.enabled = true;
+    p
+}
+
+#[tokio::test]
+async fn the_service_monitor_is_applied_where_its_crd_exists() {
+    let mut calls = full_pass(true);
+    let i = index_of(&calls, Method::GET, SM_CRD);
+    calls[i].answer = Answer::Json(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "names": {"kind": "ServiceMonitor", "plural": "servicemonitors"},
+                 "scope": "Namespaced", "versions": []}
+    }));
+    const SMS: &str = "/apis/monitoring.coreos.com/v1/namespaces/bay/servicemonitors";
+    calls.insert(
+        i + 1,
+        call(Method::PATCH, &format!("{SMS}/orchid"), Answer::Echo),
+    );
+    let j = index_of(
+        &calls,
+        Method::GET,
+        "/apis/networking.k8s.io/v1/namespaces/bay/ingresses",
+    );
+    calls.insert(j + 1, call(Method::GET, SMS, Answer::Json(empty_list())));
+    let (_, seen) = run_scenario(with_service_monitor(), calls).await;
+    let sm = seen
+        .iter()
+        .find(|s| s.path == format!("{SMS}/orchid"))
+        .unwrap();
+    assert_eq!(sm.body["kind"], "ServiceMonitor");
+    assert!(sm.query.contains("fieldManager=caas-operator"));
+}
+
+#[tokio::test]
+async fn a_missing_service_monitor_crd_is_a_warning_not_a_failure() {
+    let mut calls = full_pass(true);
+    let i = index_of(&calls, Method::GET, SM_CRD);
+    calls.insert(
+        i + 1,
+        call(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/bay/events",
+            Answer::Echo,
+        ),
+    );
+    let (_, seen) = run_scenario(with_service_monitor(), calls).await;
+    let event = seen.iter().find(|s| s.path.ends_with("/events")).unwrap();
+    assert_eq!(
+        (event.body["type"].as_str(), event.body["reason"].as_str()),
+        (Some("Warning"), Some("ServiceMonitorUnavailable"))
+    );
 }
