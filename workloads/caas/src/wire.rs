@@ -41,6 +41,11 @@ pub async fn bus(cfg: &BusConfig) -> anyhow::Result<DynBus> {
             let bus = caas_bus::kafka::KafkaBus::connect(k)
                 .await
                 .context("connecting to Kafka")?;
+            // Creates the topics when `createTopics` (else checks that they exist): a workload
+            // must not report ready while every publish would fail.
+            bus.ensure_topics(&[caas_bus::topics::CONVERSATION_EVENTS])
+                .await
+                .context("making sure the Kafka topics exist")?;
             Arc::new(bus)
         }
     })
