@@ -1627,12 +1627,19 @@ impl Store for MongoStore {
         Ok(())
     }
 
-    /// Moves the marker, then recounts without a transaction and without racing the pipeline:
-    /// the count covers only messages whose log effects are complete (positions up to
-    /// `B = max(conversation applied_offset, member unread_offset)`; deletions count when their
-    /// event is at or below `B`); later events find `unread_offset = B` and add to the count.
-    /// The write is a compare-and-set on (`unread_offset`, `last_read_position`): if the
-    /// pipeline touched the member in between, the recount starts again.
+    /// Moves the marker, then recounts without a transaction and without racing the pipeline.
+    ///
+    /// The count covers only messages whose log effects are complete: positions up to
+    /// `B = max(conversation applied_offset, member unread_offset)`, and deletions whose event is
+    /// at or below `B`. The conversation's offset is read before the member, so every event at
+    /// or below `A` is already reflected in the member, and every event that touches the member
+    /// afterwards is above `B` and passes its `unread_offset < offset` guard: later events add
+    /// to (or take from) the count exactly once.
+    ///
+    /// The write is first a compare-and-set on (`unread_offset`, `last_read_position`) that
+    /// replaces the count; if the pipeline keeps touching the member (a busy conversation), it
+    /// becomes a delta (`$inc` by recount minus the count read), which concurrent increments
+    /// cannot invalidate. Only a concurrent `mark_read` (the marker moved) makes it start over.
     async fn mark_read(
         &self,
         tenant: &TenantId,
@@ -1640,9 +1647,20 @@ impl Store for MongoStore {
         user: &UserId,
         position: Position,
     ) -> Result<Member> {
+        const EXACT_ATTEMPTS: usize = 3;
         let key = member_key(tenant, conversation, user);
         let conv_key = key2(tenant, conversation.as_str());
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 0..CAS_ATTEMPTS {
+            let applied = match self
+                .conversations
+                .find_one(doc! {"_id": &conv_key, "tenant_id": tenant.as_str()})
+                .projection(doc! {"applied_offset": 1})
+                .await
+                .map_err(db_err)?
+            {
+                Some(c) => R(&c).opt_i64("applied_offset")?.unwrap_or(-1),
+                None => -1,
+            };
             let d = self
                 .members
                 .find_one_and_update(
@@ -1656,16 +1674,7 @@ impl Store for MongoStore {
             let r = R(&d);
             let marker = r.i64("last_read_position")?;
             let seen = r.opt_i64("unread_offset")?.unwrap_or(-1);
-            let applied = match self
-                .conversations
-                .find_one(doc! {"_id": &conv_key, "tenant_id": tenant.as_str()})
-                .projection(doc! {"applied_offset": 1})
-                .await
-                .map_err(db_err)?
-            {
-                Some(c) => R(&c).opt_i64("applied_offset")?.unwrap_or(-1),
-                None => -1,
-            };
+            let stored = r.i64("unread_count")?;
             let bound = applied.max(seen);
             let unread = if bound > marker {
                 self.messages
@@ -1683,23 +1692,45 @@ impl Store for MongoStore {
                 0
             };
             let unread = i64::try_from(unread).unwrap_or(i64::MAX);
-            let res = self
-                .members
-                .update_one(
-                    doc! {
-                        "_id": &key,
-                        "tenant_id": tenant.as_str(),
-                        "unread_offset": seen,
-                        "last_read_position": marker,
-                    },
-                    doc! {"$set": {"unread_count": unread, "unread_offset": bound}},
-                )
-                .await
-                .map_err(db_err)?;
-            if res.matched_count == 1 {
-                let mut member = member_from(&d)?;
-                member.unread_count = u32::try_from(unread).unwrap_or(u32::MAX);
-                return Ok(member);
+            if attempt < EXACT_ATTEMPTS {
+                let res = self
+                    .members
+                    .update_one(
+                        doc! {
+                            "_id": &key,
+                            "tenant_id": tenant.as_str(),
+                            "unread_offset": seen,
+                            "last_read_position": marker,
+                        },
+                        doc! {"$set": {"unread_count": unread, "unread_offset": bound}},
+                    )
+                    .await
+                    .map_err(db_err)?;
+                if res.matched_count == 1 {
+                    let mut member = member_from(&d)?;
+                    member.unread_count = u32::try_from(unread).unwrap_or(u32::MAX);
+                    return Ok(member);
+                }
+            } else {
+                let updated = self
+                    .members
+                    .find_one_and_update(
+                        doc! {
+                            "_id": &key,
+                            "tenant_id": tenant.as_str(),
+                            "last_read_position": marker,
+                        },
+                        doc! {
+                            "$inc": {"unread_count": unread - stored},
+                            "$max": {"unread_offset": bound},
+                        },
+                    )
+                    .return_document(ReturnDocument::After)
+                    .await
+                    .map_err(db_err)?;
+                if let Some(u) = updated {
+                    return member_from(&u);
+                }
             }
         }
         Err(contended("mark read"))

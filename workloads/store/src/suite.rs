@@ -306,11 +306,7 @@ async fn all_messages(store: &dyn Store, t: &TenantId, c: &str) -> Vec<Message> 
 }
 
 /// What a conversation looks like from the outside: for "nothing changed" comparisons.
-async fn snapshot(
-    store: &dyn Store,
-    t: &TenantId,
-    c: &str,
-) -> (Conversation, Vec<Member>, Vec<Message>) {
+async fn snapshot(store: &dyn Store, t: &TenantId, c: &str) -> Snapshot {
     let conv = store.get_conversation(t, &cid(c)).await.unwrap().unwrap();
     let members = store.list_members(t, &cid(c), None, 1_000).await.unwrap();
     (conv, members, all_messages(store, t, c).await)
@@ -341,6 +337,22 @@ fn expected_message(ev: &LogEvent) -> Message {
         edited_at: None,
         deleted_at: None,
         deleted_by: None,
+    }
+}
+
+type Snapshot = (Conversation, Vec<Member>, Vec<Message>);
+
+/// Compares two snapshots part by part, so that a failure names what differs.
+fn assert_same(got: &Snapshot, want: &Snapshot, what: &str) {
+    assert_eq!(got.0, want.0, "{what}: the conversation changed");
+    assert_eq!(got.1, want.1, "{what}: the members changed");
+    assert_eq!(
+        got.2.len(),
+        want.2.len(),
+        "{what}: the number of messages changed"
+    );
+    for (g, w) in got.2.iter().zip(&want.2) {
+        assert_eq!(g, w, "{what}: message {} changed", w.id);
     }
 }
 
@@ -1108,7 +1120,7 @@ pub async fn apply_idempotency(store: &dyn Store) {
     ];
     assert_eq!(apply(store, &c, &batch1).await, report(8, 0, 0));
     let after1 = snapshot(store, &t, "desk").await;
-    let unread_of = |s: &(Conversation, Vec<Member>, Vec<Message>), u: &str| {
+    let unread_of = |s: &Snapshot, u: &str| {
         s.1.iter()
             .find(|m| m.user_id.as_str() == u)
             .unwrap()
@@ -1120,7 +1132,11 @@ pub async fn apply_idempotency(store: &dyn Store) {
 
     // The same batch again.
     assert_eq!(apply(store, &c, &batch1).await, report(0, 8, 0));
-    assert_eq!(snapshot(store, &t, "desk").await, after1);
+    assert_same(
+        &snapshot(store, &t, "desk").await,
+        &after1,
+        "same batch again",
+    );
 
     // An overlapping batch: the last four again plus four new events.
     let mut batch2 = batch1[4..].to_vec();
@@ -1158,12 +1174,12 @@ pub async fn apply_idempotency(store: &dyn Store) {
         let r = apply(store, &replay, chunk).await;
         assert_eq!(r.applied + r.duplicates + r.skipped, chunk.len());
     }
-    assert_eq!(snapshot(store, &t, "desk").await, after2);
+    assert_same(&snapshot(store, &t, "desk").await, &after2, "replay");
 
     // A retried send: the same message id at a later offset is one message.
     let retried = post(&t, "desk", 112, m[4], "uwe", "four");
     assert_eq!(apply(store, &c, &[retried]).await, report(0, 1, 0));
-    assert_eq!(snapshot(store, &t, "desk").await, after2);
+    assert_same(&snapshot(store, &t, "desk").await, &after2, "retried send");
     assert_eq!(message(store, &t, "desk", m[4]).await.position, 108);
     assert_eq!(store.progress(&c).await.unwrap().get(&0), Some(&113));
 }
@@ -1470,9 +1486,19 @@ pub async fn unread_counts(store: &dyn Store) {
     apply(store, &c, &[post(&t, "club", 10, m[7], "amy", "a10")]).await;
     assert_eq!(unread(store, &t, "club", "dan").await, 4);
     assert_eq!(unread(store, &t, "club", "amy").await, 1);
-    // A replay of the whole history (no progress recorded) changes no count.
+    // A second delete of a deleted message changes no count.
     let before = store.list_members(&t, &conv, None, 10).await.unwrap();
-    let mut history = vec![
+    let again = delete(&t, "club", 11, m[3], "cal");
+    assert_eq!(
+        apply(store, &c, std::slice::from_ref(&again)).await,
+        report(0, 1, 0)
+    );
+    assert_eq!(
+        store.list_members(&t, &conv, None, 10).await.unwrap(),
+        before
+    );
+    // A replay of the whole history (no progress recorded) changes no count.
+    let history = vec![
         post(&t, "club", 0, m[0], "amy", "a0"),
         post(&t, "club", 1, m[1], "amy", "a1"),
         post(&t, "club", 2, m[2], "amy", "a2"),
@@ -1483,8 +1509,9 @@ pub async fn unread_counts(store: &dyn Store) {
         reply(&t, "club", 7, m[5], m[0], "bea"),
         post(&t, "club", 8, m[6], "cal", "c8"),
         delete(&t, "club", 9, m[3], "bea"),
+        post(&t, "club", 10, m[7], "amy", "a10"),
+        again,
     ];
-    history.push(post(&t, "club", 10, m[7], "amy", "a10"));
     apply(store, &consumer("unread-replay"), &history).await;
     assert_eq!(
         store.list_members(&t, &conv, None, 10).await.unwrap(),
@@ -1546,46 +1573,65 @@ pub async fn mark_read_ahead_of_persistence(store: &dyn Store) {
     assert_eq!(unread(store, &t, "fast", "fay").await, 0);
 }
 
-/// `mark_read` while the pipeline applies in parallel: once both are done the count is exact.
+/// `mark_read` while the pipeline applies in parallel (new messages and deletes): once both are
+/// done the count is exact. The reader recounts until the writer has finished, so its last
+/// recount overlaps the last batch.
 pub async fn mark_read_racing_apply(store: &dyn Store) {
     let t = tid("rc");
     room(store, &t, "race", &["gus", "hal"]).await;
     let c = consumer("race");
     let conv = cid("race");
-    let events: Vec<LogEvent> = (0..120)
-        .map(|i| {
+    let mut events = Vec::new();
+    let mut posted: Vec<(MessageId, &str)> = Vec::new();
+    let mut deleted = BTreeSet::new();
+    for i in 0..160_i64 {
+        if i % 10 == 9 {
+            let (victim, _) = posted[posted.len() - 4];
+            deleted.insert(victim);
+            events.push(delete(&t, "race", i, victim, "gus"));
+        } else {
             let sender = if i % 4 == 0 { "hal" } else { "gus" };
-            post(
-                &t,
-                "race",
-                i,
-                MessageId::generate(),
-                sender,
-                &format!("r{i}"),
-            )
-        })
-        .collect();
-    let writer = async {
-        for chunk in events.chunks(7) {
+            let id = MessageId::generate();
+            posted.push((id, sender));
+            events.push(post(&t, "race", i, id, sender, &format!("r{i}")));
+        }
+    }
+    let events_ref = &events;
+    // The writer announces each finished batch but the last; the reader recounts right after
+    // each announcement, so every recount overlaps the next batch, and the reader stops when
+    // the writer is gone: its last recount overlapped the last batch.
+    let (batches, mut finished) = tokio::sync::watch::channel(0_usize);
+    let writer = async move {
+        let chunks: Vec<&[LogEvent]> = events_ref.chunks(9).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
             apply(store, &c, chunk).await;
+            if i + 1 < chunks.len() {
+                batches.send_replace(i + 1);
+            }
         }
     };
     let reader = async {
-        for marker in (0..=60).step_by(3) {
+        let mut marker = 0;
+        while finished.changed().await.is_ok() {
             store
                 .mark_read(&t, &conv, &uid("hal"), marker)
                 .await
                 .unwrap();
-            tokio::task::yield_now().await;
+            marker = (marker + 3).min(30);
         }
     };
     tokio::join!(writer, reader);
     let hal = member(store, &t, "race", "hal").await;
-    assert_eq!(hal.last_read_position, 60);
+    assert_eq!(hal.last_read_position, 30);
     let expected = events
         .iter()
         .filter(|e| e.offset > hal.last_read_position)
-        .filter(|e| matches!(&e.event, ConversationEvent::MessageCreated(m) if m.sender_id.as_str() != "hal"))
+        .filter(|e| match &e.event {
+            ConversationEvent::MessageCreated(m) => {
+                m.sender_id.as_str() != "hal" && !deleted.contains(&m.message_id)
+            }
+            _ => false,
+        })
         .count() as u32;
     assert_eq!(
         hal.unread_count, expected,
