@@ -70,6 +70,7 @@ fn snake_to_camel_path(key: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail closures return figment::Error
 mod tests {
     use super::*;
     use caas_config::StoreConfig;

@@ -1,6 +1,7 @@
 //! The persistence consumer over the embedded log and the embedded store: everything published
 //! is stored once, in log order, across a stop in the middle and a restart, and edits and
 //! deletes land on the right message.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers
 
 use caas_bus::embedded::EmbeddedLog;
 use caas_bus::{Bus, Envelope, topics};
