@@ -47,7 +47,7 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -262,6 +262,63 @@ impl MongoStore {
             }
         }
         Ok(found)
+    }
+
+    /// Stores the messages of a batch's `message.created` events (in conversations that exist)
+    /// and says, per event index, what the store held before.
+    async fn store_messages(
+        &self,
+        todo: &[&LogEvent],
+        convs: &HashMap<String, i64>,
+    ) -> Result<HashMap<usize, Stored>> {
+        let mut slots = Vec::new();
+        let mut keys = Vec::new();
+        let mut docs = Vec::new();
+        for (i, ev) in todo.iter().enumerate() {
+            if let ConversationEvent::MessageCreated(m) = &ev.event
+                && convs.contains_key(&key2(&ev.tenant_id, ev.conversation_id.as_str()))
+            {
+                slots.push(i);
+                keys.push(key2(&ev.tenant_id, &m.message_id.to_string()));
+                docs.push(message_doc(ev, m));
+            }
+        }
+        let inserted = self.insert_messages(docs).await?;
+        // For duplicates: the stored (conversation, position). The same position means this very
+        // event was stored before (a replay after a crash): its follow-ups run again, guarded.
+        let dups: Vec<&str> = keys
+            .iter()
+            .zip(&inserted)
+            .filter(|(_, new)| !**new)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut before: HashMap<String, (String, i64)> = HashMap::new();
+        if !dups.is_empty() {
+            let docs = self
+                .find_all(&self.messages, doc! {"_id": {"$in": dups}}, None, None)
+                .await?;
+            for d in docs {
+                let r = R(&d);
+                before.insert(
+                    r.str("_id")?.to_string(),
+                    (r.str("conversation_id")?.to_string(), r.i64("position")?),
+                );
+            }
+        }
+        let mut out = HashMap::with_capacity(slots.len());
+        for ((slot, key), new) in slots.into_iter().zip(&keys).zip(inserted) {
+            let ev = todo[slot];
+            let same_event = before
+                .get(key)
+                .is_some_and(|(c, p)| c == ev.conversation_id.as_str() && *p == ev.offset);
+            let stored = match (new, same_event) {
+                (true, _) => Stored::New,
+                (false, true) => Stored::Replayed,
+                (false, false) => Stored::Before,
+            };
+            out.insert(slot, stored);
+        }
+        Ok(out)
     }
 
     /// Inserts the messages of a batch in one unordered bulk write. Returns, per document, whether
@@ -566,6 +623,17 @@ impl MongoStore {
         }
         Ok(())
     }
+}
+
+/// What the store held when a `message.created` event's message was inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    /// Nothing: the message is new.
+    New,
+    /// The message of this very event (same position): a replay.
+    Replayed,
+    /// Another event's message with the same id (a retried send): a duplicate.
+    Before,
 }
 
 /// What one event did.
@@ -1798,70 +1866,24 @@ impl Store for MongoStore {
 
     async fn apply(&self, consumer: &str, events: &[LogEvent]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
-        let progress = self.progress(consumer).await?;
-        let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+        // Below the recorded progress: done before. Within the batch the log is in order per
+        // partition, so the progress moves with each event (as in the embedded store).
+        let mut next = self.progress(consumer).await?;
         let mut todo: Vec<&LogEvent> = Vec::with_capacity(events.len());
         for ev in events {
-            if ev.offset < progress.get(&ev.partition).copied().unwrap_or(0) {
+            let n = next.entry(ev.partition).or_insert(0);
+            if ev.offset < *n {
                 report.duplicates += 1;
                 continue;
             }
-            let n = next.entry(ev.partition).or_insert(ev.offset + 1);
-            *n = (*n).max(ev.offset + 1);
+            *n = ev.offset + 1;
             todo.push(ev);
         }
         let convs = self.existing_conversations(&todo).await?;
         let conv_key = |ev: &LogEvent| key2(&ev.tenant_id, ev.conversation_id.as_str());
 
-        // 1. New messages in one unordered bulk insert; duplicates tell "already stored".
-        let mut created: Vec<(usize, Document)> = Vec::new();
-        for (i, ev) in todo.iter().enumerate() {
-            if let ConversationEvent::MessageCreated(m) = &ev.event
-                && convs.contains_key(&conv_key(ev))
-            {
-                created.push((i, message_doc(ev, m)));
-            }
-        }
-        let (slots, docs): (Vec<usize>, Vec<Document>) = created.into_iter().unzip();
-        let keys: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
-        let inserted = self.insert_messages(docs).await?;
-        // For duplicates: the stored (conversation, position). The same position means this very
-        // event was stored before (a replay): its follow-ups run again, guarded.
-        let dup_keys: Vec<Bson> = keys
-            .iter()
-            .zip(&inserted)
-            .filter(|(_, new)| !**new)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut stored: HashMap<String, (String, i64)> = HashMap::new();
-        if !dup_keys.is_empty() {
-            let docs = self
-                .messages
-                .find(doc! {"_id": {"$in": dup_keys}})
-                .projection(doc! {"_id": 1, "conversation_id": 1, "position": 1})
-                .await
-                .map_err(db_err)?
-                .try_collect::<Vec<_>>()
-                .await
-                .map_err(db_err)?;
-            for d in docs {
-                let r = R(&d);
-                stored.insert(
-                    r.str("_id")?.to_string(),
-                    (r.str("conversation_id")?.to_string(), r.i64("position")?),
-                );
-            }
-        }
-        let mut fresh: HashMap<usize, (bool, bool)> = HashMap::new(); // slot -> (new, run follow-ups)
-        for ((slot, key), new) in slots.iter().zip(&keys).zip(&inserted) {
-            let ev = todo[*slot];
-            let replay = !new
-                && key
-                    .as_str()
-                    .and_then(|k| stored.get(k))
-                    .is_some_and(|(c, p)| c == ev.conversation_id.as_str() && *p == ev.offset);
-            fresh.insert(*slot, (*new, *new || replay));
-        }
+        // 1. New messages in one unordered bulk insert.
+        let stored = self.store_messages(&todo, &convs).await?;
 
         // 2. Follow-ups, in log order.
         let mut latest: HashMap<String, (TenantId, String)> = HashMap::new();
@@ -1874,14 +1896,15 @@ impl Store for MongoStore {
             }
             let outcome = match &ev.event {
                 ConversationEvent::MessageCreated(m) => {
-                    let (new, follow) = fresh.get(&i).copied().unwrap_or((false, false));
+                    let stored = stored.get(&i).copied().unwrap_or(Stored::Before);
+                    let follow = matches!(stored, Stored::New | Stored::Replayed);
                     self.apply_created(ev, m, follow).await?;
                     // Events of one conversation come in log order: the last one is the newest.
                     if follow && m.parent_id.is_none() {
                         let msg_key = key2(&ev.tenant_id, &m.message_id.to_string());
                         latest.insert(ck.clone(), (ev.tenant_id.clone(), msg_key));
                     }
-                    if new {
+                    if stored == Stored::New {
                         Outcome::Applied
                     } else {
                         Outcome::Duplicate
@@ -1926,7 +1949,8 @@ impl Store for MongoStore {
                 .await
                 .map_err(db_err)?;
         }
-        for (partition, offset) in next {
+        let touched: BTreeSet<i32> = todo.iter().map(|ev| ev.partition).collect();
+        for (partition, offset) in next.into_iter().filter(|(p, _)| touched.contains(p)) {
             self.progress
                 .update_one(
                     doc! {"_id": progress_key(consumer, partition)},
