@@ -1,6 +1,6 @@
 //! The client of a platform's internal tenant admin API (the gateway's `/admin/v1` on the
 //! internal port, admin bearer token): create-or-update a tenant, register the credential the
-//! operator generated, suspend, delete. [`TenantAdmin`] is the seam: the reconciler talks to
+//! operator generated, revoke one after a rotation, suspend, delete. [`TenantAdmin`] is the seam: the reconciler talks to
 //! the trait, production uses [`HttpTenantAdmin`], tests a recording fake.
 
 use crate::crd::tenant::TenantQuotas;
@@ -75,6 +75,12 @@ pub trait TenantAdmin: Send + Sync {
         id: &str,
         app_id: &str,
         app_secret: &str,
+    ) -> Result<(), AdminError>;
+    async fn revoke_credential(
+        &self,
+        at: &AdminEndpoint,
+        id: &str,
+        app_id: &str,
     ) -> Result<(), AdminError>;
     async fn suspend_tenant(&self, at: &AdminEndpoint, id: &str) -> Result<(), AdminError>;
     async fn delete_tenant(&self, at: &AdminEndpoint, id: &str) -> Result<(), AdminError>;
@@ -152,6 +158,23 @@ impl TenantAdmin for HttpTenantAdmin {
             request,
             &url,
             false,
+        )
+        .await
+    }
+
+    async fn revoke_credential(
+        &self,
+        at: &AdminEndpoint,
+        id: &str,
+        app_id: &str,
+    ) -> Result<(), AdminError> {
+        let url = format!("{}/admin/v1/tenants/{id}/credentials/{app_id}", at.base_url);
+        let request = self.client.delete(&url).bearer_auth(&at.token);
+        self.send(
+            format!("revoke credential {app_id} of tenant {id}"),
+            request,
+            &url,
+            true,
         )
         .await
     }

@@ -1,7 +1,8 @@
 //! The Tenant reconcile pipeline, wrapped in kube's finalizer helper:
 //! Apply: platform found and Ready? -> admin token read -> credentials Secret read or created
-//! once (app id + secret generated here) -> tenant upserted and the credential registered
-//! through the platform's internal admin API -> status Ready.
+//! once (app id + secret generated here; new ones when the rotation annotation changes) ->
+//! tenant upserted and the credential registered through the platform's internal admin API ->
+//! the previous credential revoked once its grace period is over -> status Ready.
 //! Cleanup (finalizer): per `deletionPolicy`, suspend (Retain) or delete (Delete) the tenant
 //! through the admin API; when the platform itself is gone there is nothing left to call.
 
@@ -12,11 +13,13 @@ use crate::build::{ADMIN_PORT, Component, MANAGER, Names};
 use crate::crd::common::{
     ConditionStatus, ConditionType, condition, find_condition, set_condition,
 };
-use crate::crd::tenant::{DeletionPolicy, TenantStatus};
+use crate::crd::tenant::{
+    DeletionPolicy, ROTATE_CREDENTIALS_ANNOTATION, ROTATION_GRACE_SECONDS, TenantStatus,
+};
 use crate::crd::{ChatPlatform, Tenant};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -274,10 +277,15 @@ async fn apply(
             .get_opt(&secret_name)
             .await
             .map_err(Error::kube("get", "Secret", &secret_name))?;
-    let (app_id, app_secret) = match existing {
-        Some(secret) => match (data_of(&secret, "appId"), data_of(&secret, "appSecret")) {
-            (Some(id), Some(secret)) => (id, secret),
-            _ => {
+    let rotation = tenant
+        .annotations()
+        .get(ROTATE_CREDENTIALS_ANNOTATION)
+        .cloned();
+    let (app_id, app_secret, previous) = match existing {
+        Some(secret) => {
+            let (Some(mut app_id), Some(mut app_secret)) =
+                (data_of(&secret, "appId"), data_of(&secret, "appSecret"))
+            else {
                 let message = format!(
                     "Secret {secret_name} lacks appId or appSecret; delete it to have new credentials issued"
                 );
@@ -288,17 +296,39 @@ async fn apply(
                 )
                 .await?;
                 return Ok(Action::requeue(WAIT_FOR_PLATFORM));
+            };
+            let mut previous = data_of(&secret, "previousAppId");
+            // The Secret records the rotation it holds, so a pass interrupted after writing it
+            // does not rotate twice.
+            if let Some(value) = &rotation
+                && data_of(&secret, "rotatedFor").as_ref() != Some(value)
+            {
+                let (new_id, new_secret) = new_credentials()?;
+                let patch = serde_json::json!({"stringData": {
+                    "appId": new_id, "appSecret": new_secret, "previousAppId": app_id, "rotatedFor": value,
+                }});
+                secrets
+                    .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(Error::kube("update", "Secret", &secret_name))?;
+                tracing::info!(tenant = %name, previous = %app_id, "Rotated the tenant's credentials.");
+                previous = Some(std::mem::replace(&mut app_id, new_id));
+                app_secret = new_secret;
             }
-        },
+            (app_id, app_secret, previous)
+        }
         None => {
-            let app_id = format!("app_{}", &generate_token()?[..20]);
-            let app_secret = format!("sk_{}", generate_token()?);
-            let secret = credentials_secret(tenant, &app_id, &app_secret)?;
+            let (app_id, app_secret) = new_credentials()?;
+            let mut secret = credentials_secret(tenant, &app_id, &app_secret)?;
+            if let (Some(value), Some(data)) = (&rotation, secret.string_data.as_mut()) {
+                // Fresh credentials satisfy any rotation asked for so far.
+                data.insert("rotatedFor".into(), value.clone());
+            }
             secrets
                 .create(&PostParams::default(), &secret)
                 .await
                 .map_err(Error::kube("create", "Secret", &secret_name))?;
-            (app_id, app_secret)
+            (app_id, app_secret, None)
         }
     };
 
@@ -318,6 +348,36 @@ async fn apply(
         return Err(Error::Admin(error));
     }
 
+    // After a rotation the previous credential works for a grace period, then is revoked.
+    let now = Timestamp::now();
+    let mut previous_status: Option<(String, Timestamp)> = None;
+    if let Some(previous) = previous {
+        let old = tenant.status.as_ref();
+        let revoke_after = old
+            .filter(|s| s.previous_app_id.as_deref() == Some(previous.as_str()))
+            .and_then(|s| s.previous_revoke_after.as_deref())
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .unwrap_or_else(|| {
+                now.checked_add(SignedDuration::from_secs(ROTATION_GRACE_SECONDS))
+                    .unwrap_or(now)
+            });
+        if now >= revoke_after {
+            if let Err(error) = ctx.admin.revoke_credential(&endpoint, &id, &previous).await {
+                let status =
+                    status_with(tenant, false, reason::ADMIN_API_FAILED, &error.to_string());
+                write_status(tenants, &name, &status).await?;
+                return Err(Error::Admin(error));
+            }
+            let patch = serde_json::json!({"data": {"previousAppId": null}});
+            secrets
+                .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(Error::kube("update", "Secret", &secret_name))?;
+        } else {
+            previous_status = Some((previous, revoke_after));
+        }
+    }
+
     let mut status = status_with(
         tenant,
         true,
@@ -327,9 +387,27 @@ async fn apply(
     status.tenant_id = Some(id);
     status.app_id = Some(app_id);
     status.credentials_secret = Some(secret_name);
+    status.rotated_for = rotation.or(status.rotated_for);
+    let requeue = match &previous_status {
+        Some((_, revoke_after)) => {
+            let wait = revoke_after.duration_since(now).unsigned_abs();
+            wait.min(RESYNC)
+        }
+        None => RESYNC,
+    };
+    status.previous_app_id = previous_status.as_ref().map(|(p, _)| p.clone());
+    status.previous_revoke_after = previous_status.map(|(_, t)| t.to_string());
     write_status(tenants, &name, &status).await?;
     ctx.backoff.reset(&super::backoff_key(tenant));
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(requeue))
+}
+
+/// A new app id and secret (the gateway requires 4-128 and 32-256 characters).
+fn new_credentials() -> Result<(String, String), Error> {
+    Ok((
+        format!("app_{}", &generate_token()?[..20]),
+        format!("sk_{}", generate_token()?),
+    ))
 }
 
 async fn cleanup(tenant: &Tenant, ctx: &Context, ns: &str) -> Result<Action, Error> {

@@ -20,6 +20,7 @@ use std::time::Duration;
 pub enum AdminCall {
     Upsert(String, TenantUpsert),
     Register(String, String),
+    Revoke(String, String),
     Suspend(String),
     Delete(String),
 }
@@ -72,6 +73,14 @@ impl TenantAdmin for FakeAdmin {
         _secret: &str,
     ) -> Result<(), AdminError> {
         self.record(at, AdminCall::Register(id.into(), app_id.into()))
+    }
+    async fn revoke_credential(
+        &self,
+        at: &AdminEndpoint,
+        id: &str,
+        app_id: &str,
+    ) -> Result<(), AdminError> {
+        self.record(at, AdminCall::Revoke(id.into(), app_id.into()))
     }
     async fn suspend_tenant(&self, at: &AdminEndpoint, id: &str) -> Result<(), AdminError> {
         self.record(at, AdminCall::Suspend(id.into()))
@@ -474,4 +483,178 @@ async fn deletion_after_the_platform_is_gone_does_not_block() {
     let (result, _) = run(deleting("Delete"), calls, admin.clone()).await;
     result.unwrap();
     assert!(admin.calls().is_empty());
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn creds_secret(pairs: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(b64(v))))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wren-credentials"}, "data": data})
+}
+
+#[tokio::test]
+async fn the_rotation_annotation_issues_new_credentials_and_keeps_the_old_for_a_grace_period() {
+    let admin = Arc::new(FakeAdmin::default());
+    let mut tenant = tenant_json(true);
+    tenant["metadata"]["annotations"] = json!({"caas.dev/rotate-credentials": "r1"});
+    let calls = vec![
+        call(
+            Method::GET,
+            &format!("{CAAS}/chatplatforms/orchid"),
+            Answer::Json(platform_json("True", "")),
+        ),
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/orchid-admin-token"),
+            Answer::Json(admin_token_secret()),
+        ),
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/wren-credentials"),
+            Answer::Json(creds_secret(&[
+                ("appId", "app_old1"),
+                ("appSecret", "sk_old"),
+            ])),
+        ),
+        call(
+            Method::PATCH,
+            &format!("{CORE}/secrets/wren-credentials"),
+            Answer::Json(creds_secret(&[("appId", "x"), ("appSecret", "y")])),
+        ),
+        call(
+            Method::PATCH,
+            &format!("{CAAS}/tenants/wren/status"),
+            Answer::WithStatus(tenant.clone()),
+        ),
+    ];
+    let (result, seen) = run(tenant, calls, admin.clone()).await;
+    let action = result.unwrap();
+    let patch = &seen[3].body["stringData"];
+    let new_id = patch["appId"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, "app_old1");
+    assert_eq!(patch["previousAppId"], "app_old1");
+    assert_eq!(patch["rotatedFor"], "r1");
+    assert!(patch["appSecret"].as_str().unwrap().starts_with("sk_"));
+    assert_eq!(
+        admin.calls()[1],
+        AdminCall::Register("wren".into(), new_id.clone())
+    );
+    assert!(
+        !admin
+            .calls()
+            .iter()
+            .any(|c| matches!(c, AdminCall::Revoke(..))),
+        "old one still in its grace period"
+    );
+    let status = &seen[4].body["status"];
+    assert_eq!(status["appId"], new_id.as_str());
+    assert_eq!(status["rotatedFor"], "r1");
+    assert_eq!(status["previousAppId"], "app_old1");
+    let revoke_after: k8s_openapi::jiff::Timestamp = status["previousRevokeAfter"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let in_secs = revoke_after.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
+    assert!((3500..=3600).contains(&in_secs), "{in_secs}");
+    assert_eq!(action, Action::requeue(super::tenant::RESYNC), "the grace period is longer");
+}
+
+#[tokio::test]
+async fn a_rotation_already_written_to_the_secret_is_not_repeated() {
+    let admin = Arc::new(FakeAdmin::default());
+    let mut tenant = tenant_json(true);
+    tenant["metadata"]["annotations"] = json!({"caas.dev/rotate-credentials": "r1"});
+    let secret = creds_secret(&[
+        ("appId", "app_new1"),
+        ("appSecret", "sk_new"),
+        ("previousAppId", "app_old1"),
+        ("rotatedFor", "r1"),
+    ]);
+    let calls = vec![
+        call(
+            Method::GET,
+            &format!("{CAAS}/chatplatforms/orchid"),
+            Answer::Json(platform_json("True", "")),
+        ),
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/orchid-admin-token"),
+            Answer::Json(admin_token_secret()),
+        ),
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/wren-credentials"),
+            Answer::Json(secret),
+        ),
+        call(
+            Method::PATCH,
+            &format!("{CAAS}/tenants/wren/status"),
+            Answer::WithStatus(tenant.clone()),
+        ),
+    ];
+    let (result, seen) = run(tenant, calls, admin.clone()).await;
+    result.unwrap();
+    assert_eq!(
+        admin.calls()[1],
+        AdminCall::Register("wren".into(), "app_new1".into())
+    );
+    assert_eq!(seen[3].body["status"]["previousAppId"], "app_old1");
+}
+
+#[tokio::test]
+async fn the_previous_credential_is_revoked_after_its_grace_period() {
+    let admin = Arc::new(FakeAdmin::default());
+    let mut tenant = tenant_json(true);
+    tenant["metadata"]["annotations"] = json!({"caas.dev/rotate-credentials": "r1"});
+    tenant["status"] = json!({"rotatedFor": "r1", "previousAppId": "app_old1", "previousRevokeAfter": "2020-01-01T00:00:00Z"});
+    let secret = creds_secret(&[
+        ("appId", "app_new1"),
+        ("appSecret", "sk_new"),
+        ("previousAppId", "app_old1"),
+        ("rotatedFor", "r1"),
+    ]);
+    let calls = vec![
+        call(
+            Method::GET,
+            &format!("{CAAS}/chatplatforms/orchid"),
+            Answer::Json(platform_json("True", "")),
+        ),
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/orchid-admin-token"),
+            Answer::Json(admin_token_secret()),
+        ),
+        call(
+            Method::GET,
+            &format!("{CORE}/secrets/wren-credentials"),
+            Answer::Json(secret.clone()),
+        ),
+        call(
+            Method::PATCH,
+            &format!("{CORE}/secrets/wren-credentials"),
+            Answer::Json(secret),
+        ),
+        call(
+            Method::PATCH,
+            &format!("{CAAS}/tenants/wren/status"),
+            Answer::WithStatus(tenant.clone()),
+        ),
+    ];
+    let (result, seen) = run(tenant, calls, admin.clone()).await;
+    assert_eq!(result.unwrap(), Action::requeue(super::tenant::RESYNC));
+    assert_eq!(
+        admin.calls()[2],
+        AdminCall::Revoke("wren".into(), "app_old1".into())
+    );
+    assert_eq!(seen[3].body, json!({"data": {"previousAppId": null}}));
+    let status = &seen[4].body["status"];
+    assert!(status.get("previousAppId").is_none(), "{status}");
+    assert_eq!(status["appId"], "app_new1");
 }

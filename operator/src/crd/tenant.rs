@@ -9,9 +9,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Annotation that asks the operator to issue a new app secret. Any new value triggers one
-/// rotation (e.g. a timestamp); the previous secret keeps working until it expires.
+/// Annotation that asks the operator to issue new app credentials. Any new value triggers one
+/// rotation (e.g. a timestamp); the previous credential keeps working for
+/// [`ROTATION_GRACE_SECONDS`], then is revoked.
 pub const ROTATE_CREDENTIALS_ANNOTATION: &str = "caas.dev/rotate-credentials";
+/// How long the previous credential keeps working after a rotation.
+pub const ROTATION_GRACE_SECONDS: i64 = 3_600;
 
 /// A tenant (an app embedding chat) on a platform.
 // kube(printcolumn(..)) repeats `type_ = ..` per column, which clippy reads as a duplicate.
@@ -155,4 +158,10 @@ pub struct TenantStatus {
     /// The last value of the rotation annotation acted upon.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rotated_for: Option<String>,
+    /// After a rotation: the app id that still works until `previousRevokeAfter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_app_id: Option<String>,
+    /// When the previous app id is revoked (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_revoke_after: Option<String>,
 }
