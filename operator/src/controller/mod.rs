@@ -25,6 +25,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
@@ -339,6 +340,12 @@ pub fn tenant_error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>
     Action::requeue(ctx.backoff.next(&backoff_key(tenant.as_ref())))
 }
 
+/// The platform a Tenant belongs to (same namespace).
+pub fn platform_of_tenant(tenant: Tenant) -> Option<ObjectRef<ChatPlatform>> {
+    let ns = tenant.namespace()?;
+    Some(ObjectRef::new(&tenant.spec.platform_ref.name).within(&ns))
+}
+
 /// Which namespaces to watch: all, or a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchScope {
@@ -381,6 +388,12 @@ pub async fn run(
             .owns(child::<StatefulSet>(client.clone(), &ns), managed.clone())
             .owns(child::<ConfigMap>(client.clone(), &ns), managed.clone())
             .owns(child::<Service>(client.clone(), &ns), managed.clone())
+            // A Tenant added to or removed from a platform changes its tenant count.
+            .watches(
+                child::<Tenant>(client.clone(), &ns),
+                watcher::Config::default(),
+                platform_of_tenant,
+            )
             .graceful_shutdown_on(shutdown.clone())
             .run(platform::reconcile, platform_error_policy, ctx.clone())
             .for_each(|result| async move {

@@ -563,7 +563,11 @@ async fn the_rotation_annotation_issues_new_credentials_and_keeps_the_old_for_a_
         .unwrap();
     let in_secs = revoke_after.as_second() - k8s_openapi::jiff::Timestamp::now().as_second();
     assert!((3500..=3600).contains(&in_secs), "{in_secs}");
-    assert_eq!(action, Action::requeue(super::tenant::RESYNC), "the grace period is longer");
+    assert_eq!(
+        action,
+        Action::requeue(super::tenant::RESYNC),
+        "the grace period is longer"
+    );
 }
 
 #[tokio::test]

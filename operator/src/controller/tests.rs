@@ -570,3 +570,18 @@ async fn a_missing_service_monitor_crd_is_a_warning_not_a_failure() {
         (Some("Warning"), Some("ServiceMonitorUnavailable"))
     );
 }
+
+#[test]
+fn a_tenant_maps_to_its_platform() {
+    let tenant: crate::crd::Tenant = serde_json::from_value(json!({
+        "apiVersion": "caas.dev/v1alpha1", "kind": "Tenant",
+        "metadata": {"name": "wren", "namespace": "bay"},
+        "spec": {"platformRef": {"name": "orchid"}, "displayName": "Wren"}
+    }))
+    .unwrap();
+    let r = super::platform_of_tenant(tenant).unwrap();
+    assert_eq!(
+        (r.name.as_str(), r.namespace.as_deref()),
+        ("orchid", Some("bay"))
+    );
+}
