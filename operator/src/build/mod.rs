@@ -6,7 +6,8 @@
 //! Submodules: `config` (the workload ConfigMap, rendered with the shared `caas_config::Config`),
 //! `pod` (the PSS-restricted pod template), `workloads` (Deployments, the search StatefulSet,
 //! Services, PDBs, HPAs), `network` (NetworkPolicies), `ingress` (the optional Ingress),
-//! `monitoring` (the optional ServiceMonitor), `secrets` (generated Secrets).
+//! `monitoring` (the optional ServiceMonitor), `secrets` (generated Secrets), `validate` (checks
+//! the schema cannot express).
 
 pub mod config;
 pub mod ingress;
@@ -14,6 +15,7 @@ pub mod monitoring;
 pub mod network;
 pub mod pod;
 pub mod secrets;
+pub mod validate;
 pub mod workloads;
 
 #[cfg(test)]

@@ -232,6 +232,25 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
         return Ok(Action::requeue(REQUEUE_READY));
     }
 
+    // Validate (pure): an invalid spec waits for a change instead of being retried.
+    let problems = crate::build::validate::validate(&platform);
+    if !problems.is_empty() {
+        let message = problems.join("; ");
+        publish(
+            &ctx,
+            &platform,
+            EventType::Warning,
+            reason::INVALID_SPEC,
+            "Reconcile",
+            message.clone(),
+        )
+        .await;
+        let status =
+            status::blocked_status(&platform, reason::INVALID_SPEC, &message, Timestamp::now());
+        write_status(&platforms, &name, &status).await?;
+        return Ok(Action::await_change());
+    }
+
     // Secrets: the referenced ones must exist; the generated ones are created once.
     let names = Names::of(&platform)?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);

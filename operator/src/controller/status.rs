@@ -22,6 +22,7 @@ pub mod reason {
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
     pub const PAUSED: &str = "Paused";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
 }
 
 /// What one workload object reported.

@@ -585,3 +585,36 @@ fn a_tenant_maps_to_its_platform() {
         ("orchid", Some("bay"))
     );
 }
+
+#[tokio::test]
+async fn an_invalid_spec_waits_for_a_change() {
+    let mut p = minimal_platform();
+    p.spec
+        .components
+        .gateway
+        .pod
+        .env
+        .push(k8s_openapi::api::core::v1::EnvVar {
+            name: "CAAS_REDIS__URL".into(),
+            value: Some("redis://elsewhere".into()),
+            ..Default::default()
+        });
+    let calls = vec![
+        call(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/bay/events",
+            Answer::Echo,
+        ),
+        status_patch(),
+    ];
+    let (action, seen) = run_scenario(p, calls).await;
+    assert_eq!(action, Action::await_change());
+    let degraded = condition(&seen[1].body["status"], ConditionType::Degraded);
+    assert_eq!(degraded["reason"], "InvalidSpec");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("components.gateway.pod.env sets CAAS_REDIS__URL")
+    );
+}

@@ -442,6 +442,9 @@ fn default_secret_key_key() -> String {
 /// Platform user tokens (EdDSA JWTs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.activeKid) || has(self.signingKeysSecret)", "message": "activeKid needs signingKeysSecret: the generated key's kid is not known in advance"}
+]))]
 pub struct AuthSpec {
     /// A Secret whose keys are `<kid>.pem` (PKCS#8 Ed25519 private keys) and optionally
     /// `<kid>.pub.pem`. Absent: the operator generates `<platform>-signing-keys` once and keeps it.

@@ -416,3 +416,21 @@ fn committed_crds_are_current() {
         );
     }
 }
+
+#[test]
+fn active_kid_needs_a_given_signing_keys_secret() {
+    let mut p = minimal_platform_json();
+    p["spec"]["auth"] = json!({"activeKid": "k9"});
+    let errors = cel_errors(&platform_schema(), &p, None);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("activeKid needs signingKeysSecret")),
+        "{errors:?}"
+    );
+    p["spec"]["auth"] = json!({"activeKid": "k9", "signingKeysSecret": "keys"});
+    assert_eq!(
+        cel_errors(&platform_schema(), &p, None),
+        Vec::<String>::new()
+    );
+}
