@@ -105,6 +105,7 @@ impl EmbeddedLog {
         }
         let writer = open_conn(&path).map_err(sqlerr)?;
         writer.execute_batch(SCHEMA).map_err(sqlerr)?;
+        migrate(&writer).map_err(sqlerr)?;
         let mut heads = HashMap::new();
         {
             let mut st = writer
@@ -276,6 +277,19 @@ fn writer_loop(
             }
         }
     }
+}
+
+/// Brings a log file made by an earlier version up to the current schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_at: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('records') WHERE name = 'at_ms'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_at == 0 {
+        conn.execute_batch("ALTER TABLE records ADD COLUMN at_ms INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
 }
 
 fn write_commit(conn: &mut Connection, group: &str, upto: &[(String, LogPosition)]) -> Result<()> {
@@ -621,6 +635,27 @@ mod tests {
         assert_eq!(log.trim(Duration::ZERO).await.unwrap(), 3);
         let mut b2 = log.consumer("b", &["t"]).await.unwrap();
         assert_eq!(drain(&mut b2, 7).await.len(), 7);
+    }
+
+    #[tokio::test]
+    async fn opens_a_log_made_before_record_times_were_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE records (
+                    topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+                    key TEXT NOT NULL, payload BLOB NOT NULL, headers TEXT NOT NULL,
+                    PRIMARY KEY (topic, partition, offset)) WITHOUT ROWID;
+                 INSERT INTO records VALUES ('t', 0, 0, 'a', x'6d30', '[]');",
+            )
+            .unwrap();
+        }
+        let log = EmbeddedLog::open(&path, 1).unwrap();
+        assert_eq!(log.publish("t", rec("a", 1)).await.unwrap().offset, 1);
+        let mut c = log.consumer("g", &["t"]).await.unwrap();
+        assert_eq!(drain(&mut c, 2).await.len(), 2);
     }
 
     #[tokio::test]

@@ -32,15 +32,31 @@ pub trait Dedupe: Send + Sync + 'static {
     async fn release(&self, key: &str) -> Result<(), String>;
 }
 
-/// In-process de-duplication.
+/// How many results the in-process cache keeps; beyond it the oldest are forgotten (their
+/// sends are still found in the store by their derived message id).
+pub const MEMORY_CAPACITY: usize = 100_000;
+
+/// In-process de-duplication, bounded: a FIFO of keys evicts the oldest entries beyond
+/// [`MEMORY_CAPACITY`], so memory and the cost of a send stay flat however long it runs.
 #[derive(Debug, Default)]
 pub struct MemoryDedupe {
     entries: DashMap<String, (Option<String>, Instant)>,
+    order: parking_lot::Mutex<std::collections::VecDeque<String>>,
 }
 
 impl MemoryDedupe {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn remember(&self, key: &str) {
+        let mut order = self.order.lock();
+        order.push_back(key.to_string());
+        while order.len() > MEMORY_CAPACITY {
+            if let Some(old) = order.pop_front() {
+                self.entries.remove(&old);
+            }
+        }
     }
 }
 
@@ -48,12 +64,11 @@ impl MemoryDedupe {
 impl Dedupe for MemoryDedupe {
     async fn reserve(&self, key: &str) -> Result<Reservation, String> {
         let now = Instant::now();
-        if self.entries.len() > 100_000 {
-            self.entries.retain(|_, (_, exp)| *exp > now);
-        }
         let mut e = self.entries.entry(key.to_string()).or_insert((None, now));
         if e.1 <= now {
             *e = (None, now + PENDING_TTL);
+            drop(e);
+            self.remember(key);
             return Ok(Reservation::Fresh);
         }
         Ok(match &e.0 {
@@ -176,6 +191,27 @@ mod tests {
             d.reserve("c").await.unwrap(),
             Reservation::Fresh,
             "expired results are forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded() {
+        let d = MemoryDedupe::new();
+        for i in 0..MEMORY_CAPACITY + 10 {
+            let k = format!("k{i}");
+            assert_eq!(d.reserve(&k).await.unwrap(), Reservation::Fresh);
+            d.complete(&k, "r", Duration::from_secs(60)).await.unwrap();
+        }
+        assert_eq!(d.entries.len(), MEMORY_CAPACITY);
+        assert_eq!(
+            d.reserve("k0").await.unwrap(),
+            Reservation::Fresh,
+            "the oldest were forgotten"
+        );
+        let last = format!("k{}", MEMORY_CAPACITY + 9);
+        assert_eq!(
+            d.reserve(&last).await.unwrap(),
+            Reservation::Done("r".into())
         );
     }
 }

@@ -111,8 +111,66 @@ pub fn decode(d: &Delivery) -> Option<LogEvent> {
         offset: d.offset,
         tenant_id: env.tenant_id,
         conversation_id,
-        event: env.event,
+        event: transform(env.event),
     })
+}
+
+/// Renders message text again here, so what is stored never depends on what a producer
+/// claimed: the HTML, links and hashtags are this version's rendering of the raw text, and
+/// mentions are kept only where the text really mentions them (the accepter has already
+/// limited them to members).
+pub fn transform(event: ConversationEvent) -> ConversationEvent {
+    use caas_domain::text::render;
+    match event {
+        ConversationEvent::MessageCreated(mut m) => {
+            let r = render(&m.text);
+            m.mentions
+                .retain(|u| r.mentions.iter().any(|c| c == u.as_str()));
+            (m.html, m.links, m.hashtags) = (r.html, r.links, r.hashtags);
+            ConversationEvent::MessageCreated(m)
+        }
+        ConversationEvent::MessageUpdated(mut m) => {
+            let r = render(&m.text);
+            m.mentions
+                .retain(|u| r.mentions.iter().any(|c| c == u.as_str()));
+            (m.html, m.links, m.hashtags) = (r.html, r.links, r.hashtags);
+            ConversationEvent::MessageUpdated(m)
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caas_domain::event::MessageCreated;
+    use caas_domain::{MessageId, UserId};
+
+    #[test]
+    fn a_producer_cannot_smuggle_html_or_mentions() {
+        let ev = ConversationEvent::MessageCreated(MessageCreated {
+            message_id: MessageId::generate(),
+            sender_id: UserId::parse("eve").unwrap(),
+            text: "hi @bob".into(),
+            html: "<img src=x onerror=alert(1)>".into(),
+            mentions: vec![
+                UserId::parse("bob").unwrap(),
+                UserId::parse("carl").unwrap(),
+            ],
+            links: vec!["javascript:alert(1)".into()],
+            hashtags: vec![],
+            parent_id: None,
+            client_msg_id: None,
+            forwarded_from: None,
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        });
+        let ConversationEvent::MessageCreated(m) = transform(ev) else {
+            panic!("kind changed")
+        };
+        assert!(!m.html.contains("<img"), "{}", m.html);
+        assert!(m.links.is_empty());
+        assert_eq!(m.mentions, vec![UserId::parse("bob").unwrap()]);
+    }
 }
 
 /// Runs the persistence consumer until `stop` is cancelled. The current batch is finished and
@@ -197,6 +255,17 @@ async fn persist(
                 metrics.processed.inc_by(report.applied as u64);
                 metrics.duplicates.inc_by(report.duplicates as u64);
                 metrics.discarded.inc_by(report.skipped as u64);
+                if undecodable > 0 {
+                    // Skipped records must not hold readers waiting for their partition.
+                    let next: Vec<(i32, i64)> = last_positions(batch)
+                        .iter()
+                        .map(|(_, p)| (p.partition, p.offset + 1))
+                        .collect();
+                    if let Err(e) = store.advance_progress(PERSIST_CONSUMER, &next).await {
+                        metrics.errors.with_label_values(&["persist"]).inc();
+                        tracing::warn!(error = %e, "Failed to move progress past skipped records.");
+                    }
+                }
                 health.store_failing.store(false, Ordering::Relaxed);
                 return true;
             }

@@ -237,6 +237,10 @@ pub trait Store: Send + Sync + 'static {
     async fn apply(&self, consumer: &str, events: &[LogEvent]) -> Result<ApplyReport>;
     /// For `consumer`: partition -> next offset to apply (everything before it is stored).
     async fn progress(&self, consumer: &str) -> Result<BTreeMap<i32, i64>>;
+    /// Moves `consumer`'s progress forward to at least these `(partition, next offset)`s (never
+    /// back): for records the consumer could not decode and skipped, so that readers waiting for
+    /// the partition are not held up by them.
+    async fn advance_progress(&self, consumer: &str, next: &[(i32, i64)]) -> Result<()>;
 
     // Audit trail.
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;

@@ -1966,6 +1966,23 @@ impl Store for MongoStore {
         Ok(report)
     }
 
+    async fn advance_progress(&self, consumer: &str, next: &[(i32, i64)]) -> Result<()> {
+        for &(partition, offset) in next {
+            self.progress
+                .update_one(
+                    doc! {"_id": progress_key(consumer, partition)},
+                    doc! {
+                        "$max": {"next_offset": offset},
+                        "$setOnInsert": {"consumer": consumer, "partition": partition},
+                    },
+                )
+                .upsert(true)
+                .await
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
     async fn progress(&self, consumer: &str) -> Result<BTreeMap<i32, i64>> {
         let docs = self
             .find_all(&self.progress, doc! {"consumer": consumer}, None, None)

@@ -1150,6 +1150,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn advance_progress(&self, consumer: &str, next: &[(i32, i64)]) -> Result<()> {
+        let (consumer, next) = (consumer.to_string(), next.to_vec());
+        self.write(move |c| {
+            let tx = c.transaction().map_err(sql)?;
+            {
+                let mut st = tx
+                    .prepare_cached(
+                        "INSERT INTO progress (consumer, partition, next_offset) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(consumer, partition) DO UPDATE SET next_offset = max(next_offset, ?3)",
+                    )
+                    .map_err(sql)?;
+                for (p, o) in next {
+                    st.execute(params![consumer, p, o]).map_err(sql)?;
+                }
+            }
+            tx.commit().map_err(sql)
+        })
+        .await
+    }
+
     async fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
         let (id, t, doc) = (
             entry.id.clone(),

@@ -1845,6 +1845,20 @@ pub async fn progress(store: &dyn Store) {
     assert_eq!(apply(store, &c1, &[lost]).await, report(0, 0, 1));
     assert_eq!(store.progress(&c1).await.unwrap().get(&1), Some(&51));
     assert_eq!(apply(store, &c1, &[]).await, report(0, 0, 0));
+    // Records nobody could decode: progress moves past them, never back, and a new partition
+    // starts at what is given.
+    store
+        .advance_progress(&c1, &[(1, 60), (0, 3), (7, 2)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.progress(&c1).await.unwrap(),
+        BTreeMap::from([(0, 10), (1, 60), (7, 2)])
+    );
+    assert!(
+        store.progress(&c2).await.unwrap().is_empty(),
+        "per consumer"
+    );
 }
 
 /// The audit trail: newest first, per tenant or all, paged with `before`, kept after the tenant.
