@@ -12,7 +12,7 @@
 
 use bytes::Bytes;
 use caas_operator::admin_api::{AdminEndpoint, AdminError, TenantAdmin, TenantUpsert};
-use caas_operator::controller::{self, Context, Metrics, WatchScope};
+use caas_operator::controller::{self, Context, WatchScope};
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use kube::client::Body;
@@ -209,17 +209,14 @@ async fn measure(tenants: usize, latency: Duration) -> Value {
         })
     };
     let client = kube::Client::new(service, "bay");
-    let ctx = Arc::new(Context {
-        client,
-        operator_namespace: "ops".into(),
-        metrics: Metrics::new().unwrap_or_else(|e| panic!("metrics: {e}")),
-        reporter: Reporter {
-            controller: "caas-operator".into(),
-            instance: None,
-        },
-        admin: Arc::new(NoopAdmin),
-        backoff: Arc::default(),
-    });
+    let reporter = Reporter {
+        controller: "caas-operator".into(),
+        instance: None,
+    };
+    let ctx = Arc::new(
+        Context::new(client, "ops", reporter, Arc::new(NoopAdmin))
+            .unwrap_or_else(|e| panic!("metrics: {e}")),
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = futures::FutureExt::shared(Box::pin(async move {
         let _ = stop_rx.await;

@@ -5,7 +5,7 @@
 
 use anyhow::Context as _;
 use caas_operator::admin_api::HttpTenantAdmin;
-use caas_operator::controller::{self, Context, Metrics, WatchScope};
+use caas_operator::controller::{self, Context, WatchScope};
 use caas_operator::leader::{self, LeaseConfig};
 use clap::{Parser, Subcommand};
 use futures::FutureExt;
@@ -138,18 +138,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
-    let metrics = Metrics::new().context("registering metrics")?;
-    let ctx = Arc::new(Context {
-        client,
-        operator_namespace: args.namespace.clone(),
-        metrics: metrics.clone(),
-        reporter: Reporter {
-            controller: "caas-operator".into(),
-            instance: args.pod_name.clone(),
-        },
-        admin: Arc::new(HttpTenantAdmin::new().context("building the admin API client")?),
-        backoff: Arc::default(),
-    });
+    let reporter = Reporter {
+        controller: "caas-operator".into(),
+        instance: args.pod_name.clone(),
+    };
+    let admin = Arc::new(HttpTenantAdmin::new().context("building the admin API client")?);
+    let ctx = Arc::new(
+        Context::new(client, args.namespace.clone(), reporter, admin)
+            .context("registering metrics")?,
+    );
+    let metrics = ctx.metrics.clone();
     let namespaces: Vec<String> = args
         .watch_namespaces
         .into_iter()

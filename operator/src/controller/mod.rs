@@ -24,7 +24,7 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::Reporter;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -175,6 +175,9 @@ pub struct Context {
     pub operator_namespace: String,
     pub metrics: Metrics,
     pub reporter: Reporter,
+    /// One recorder for the process, so repeated events aggregate into a series instead of
+    /// piling up as new Event objects.
+    pub recorder: Recorder,
     /// The platforms' tenant admin API.
     pub admin: Arc<dyn TenantAdmin>,
     /// Per-object retry delays after errors.
@@ -211,6 +214,25 @@ impl Backoff {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(key);
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        operator_namespace: impl Into<String>,
+        reporter: Reporter,
+        admin: Arc<dyn TenantAdmin>,
+    ) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            operator_namespace: operator_namespace.into(),
+            metrics: Metrics::new()?,
+            reporter,
+            admin,
+            backoff: Arc::default(),
+        })
     }
 }
 

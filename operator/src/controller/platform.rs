@@ -15,7 +15,7 @@ use crate::build::{self, BuildInputs, Component, Names, config::secrets_digest};
 use crate::crd::platform::{ChatPlatformStatus, PAUSED_ANNOTATION};
 use crate::crd::{ChatPlatform, Tenant};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -23,7 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -163,17 +163,32 @@ async fn publish(
     reason_: &str,
     action: &str,
     note: String,
+    secondary: Option<ObjectReference>,
 ) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let event = Event {
         type_,
         reason: reason_.into(),
         note: Some(note),
         action: action.into(),
-        secondary: None,
+        secondary,
     };
-    if let Err(error) = recorder.publish(&event, &platform.object_ref(&())).await {
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &platform.object_ref(&()))
+        .await
+    {
         tracing::warn!(error = %error, platform = %platform.name_any(), "Failed to publish an event.");
+    }
+}
+
+/// A reference to an object in the platform's namespace, for an event's `related` field.
+fn related(api_version: &str, kind: &str, name: &str, platform: &ChatPlatform) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        name: Some(name.into()),
+        namespace: platform.namespace(),
+        ..ObjectReference::default()
     }
 }
 
@@ -208,6 +223,7 @@ async fn ensure_generated(
         "SecretGenerated",
         "Create",
         format!("Generated Secret {name}"),
+        Some(related("v1", "Secret", name, platform)),
     )
     .await;
     Ok(secret_data(&created))
@@ -243,6 +259,7 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
             reason::INVALID_SPEC,
             "Reconcile",
             message.clone(),
+            None,
         )
         .await;
         let status =
@@ -271,6 +288,7 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
                     reason_,
                     "Reconcile",
                     message.clone(),
+                    None,
                 )
                 .await;
                 let status = status::blocked_status(&platform, reason_, &message, Timestamp::now());
@@ -379,6 +397,7 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
                 "ServiceMonitorUnavailable",
                 "Reconcile",
                 note,
+                None,
             )
             .await;
         }
@@ -402,7 +421,7 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
     let keep = names_of(desired.autoscalers.iter().map(|x| &x.metadata).collect());
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns);
     for n in prune(&hpas, "HorizontalPodAutoscaler", &selector, &uid, &keep).await? {
-        pruned.push(format!("HorizontalPodAutoscaler {n}"));
+        pruned.push(("autoscaling/v2", "HorizontalPodAutoscaler", n));
     }
     let keep = names_of(
         desired
@@ -413,12 +432,12 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
     );
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
     for n in prune(&policies, "NetworkPolicy", &selector, &uid, &keep).await? {
-        pruned.push(format!("NetworkPolicy {n}"));
+        pruned.push(("networking.k8s.io/v1", "NetworkPolicy", n));
     }
     let keep = names_of(desired.ingress.iter().map(|x| &x.metadata).collect());
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
     for n in prune(&ingresses, "Ingress", &selector, &uid, &keep).await? {
-        pruned.push(format!("Ingress {n}"));
+        pruned.push(("networking.k8s.io/v1", "Ingress", n));
     }
     if monitoring {
         let keep = names_of(
@@ -429,17 +448,18 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
                 .collect(),
         );
         for n in prune(&monitors, "ServiceMonitor", &selector, &uid, &keep).await? {
-            pruned.push(format!("ServiceMonitor {n}"));
+            pruned.push(("monitoring.coreos.com/v1", "ServiceMonitor", n));
         }
     }
-    for what in pruned {
+    for (api_version, kind, object) in pruned {
         publish(
             &ctx,
             &platform,
             EventType::Normal,
             "Deleted",
             "Prune",
-            format!("Deleted {what}: no longer in the spec"),
+            format!("Deleted {kind} {object}: no longer in the spec"),
+            Some(related(api_version, kind, &object, &platform)),
         )
         .await;
     }

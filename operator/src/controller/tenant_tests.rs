@@ -2,7 +2,7 @@
 //! platform's admin API.
 
 use super::tenant::{FINALIZER, reconcile};
-use super::{Context, Error, Metrics};
+use super::{Context, Error};
 use crate::admin_api::{AdminEndpoint, AdminError, TenantAdmin, TenantUpsert};
 use crate::crd::Tenant;
 use crate::mock_api::{Answer, Call, Seen, call, serve};
@@ -133,17 +133,11 @@ fn admin_token_secret() -> Value {
 }
 
 fn context(client: Client, admin: Arc<FakeAdmin>) -> Arc<Context> {
-    Arc::new(Context {
-        client,
-        operator_namespace: "ops-ns".into(),
-        metrics: Metrics::new().unwrap(),
-        reporter: Reporter {
-            controller: "caas-operator".into(),
-            instance: None,
-        },
-        admin,
-        backoff: Arc::default(),
-    })
+    let reporter = Reporter {
+        controller: "caas-operator".into(),
+        instance: None,
+    };
+    Arc::new(Context::new(client, "ops-ns", reporter, admin).unwrap())
 }
 
 async fn run(

@@ -2,8 +2,8 @@
 //! the reconciler must make, in order, and what the "API server" answers. A missing call fails
 //! the scenario's expectations; an extra call finds the mock closed and fails the reconcile.
 
+use super::Context;
 use super::platform::{REQUEUE_WAITING, reconcile};
-use super::{Context, Metrics};
 use crate::crd::ChatPlatform;
 use crate::crd::common::ConditionType;
 use crate::mock_api::{Answer, Call, Seen, call, serve};
@@ -17,17 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn context(client: Client) -> Arc<Context> {
-    Arc::new(Context {
-        client,
-        operator_namespace: "ops-ns".into(),
-        metrics: Metrics::new().unwrap(),
-        reporter: Reporter {
-            controller: "caas-operator".into(),
-            instance: Some("op-0".into()),
-        },
-        admin: Arc::new(crate::controller::tenant_tests::FakeAdmin::default()),
-        backoff: Arc::default(),
-    })
+    let reporter = Reporter {
+        controller: "caas-operator".into(),
+        instance: Some("op-0".into()),
+    };
+    let admin = Arc::new(crate::controller::tenant_tests::FakeAdmin::default());
+    Arc::new(Context::new(client, "ops-ns", reporter, admin).unwrap())
 }
 
 fn minimal_platform() -> ChatPlatform {
@@ -616,5 +611,54 @@ async fn an_invalid_spec_waits_for_a_change() {
             .as_str()
             .unwrap()
             .contains("components.gateway.pod.env sets CAAS_REDIS__URL")
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_warning_becomes_a_series_not_new_events() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(Client::new(service, "default"));
+    let one_pass = || {
+        vec![
+            call(
+                Method::GET,
+                &format!("{CORE}/secrets/m-secret"),
+                Answer::NotFound,
+            ),
+            call(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/bay/events",
+                Answer::Echo,
+            ),
+            status_patch(),
+        ]
+    };
+    let mut calls = one_pass();
+    let mut second = one_pass();
+    second[1] = call(
+        Method::PATCH,
+        "/apis/events.k8s.io/v1/namespaces/bay/events/*",
+        Answer::Echo,
+    );
+    calls.extend(second);
+    let server = serve(handle, calls);
+    for _ in 0..2 {
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            reconcile(Arc::new(minimal_platform()), ctx.clone()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(1), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen[4].method, Method::PATCH);
+    assert!(
+        seen[4].body.to_string().contains("series"),
+        "{}",
+        seen[4].body
     );
 }
