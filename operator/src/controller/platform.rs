@@ -475,6 +475,49 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
         .count();
     let tenant_count = i32::try_from(tenant_count).unwrap_or(i32::MAX);
 
+    // Events for what changed: the first apply, and configuration (or Secret) changes that roll
+    // the pods. Repeats aggregate into a series (one recorder per process).
+    match platform
+        .status
+        .as_ref()
+        .and_then(|s| s.config_hash.as_deref())
+    {
+        None => {
+            let note = format!(
+                "Applied the platform's objects (configuration {})",
+                desired.config_hash
+            );
+            publish(
+                &ctx,
+                &platform,
+                EventType::Normal,
+                "Created",
+                "Apply",
+                note,
+                None,
+            )
+            .await;
+        }
+        Some(old) if old != desired.config_hash => {
+            let note = format!(
+                "Configuration or Secrets changed ({old} -> {}): rolling the pods",
+                desired.config_hash
+            );
+            let config_map = related("v1", "ConfigMap", &names.config_map(), &platform);
+            publish(
+                &ctx,
+                &platform,
+                EventType::Normal,
+                "ConfigChanged",
+                "Apply",
+                note,
+                Some(config_map),
+            )
+            .await;
+        }
+        Some(_) => {}
+    }
+
     let status = status::platform_status(
         &platform,
         &observed,

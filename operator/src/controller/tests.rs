@@ -190,7 +190,21 @@ fn full_pass(generated_exist: bool) -> Vec<Call> {
             ]
         })),
     ));
+    calls.push(call(
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/bay/events",
+        Answer::Echo,
+    ));
     calls.push(status_patch());
+    calls
+}
+
+/// A pass over a platform whose status already carries the current config hash: no event.
+fn steady_pass() -> Vec<Call> {
+    let mut calls = full_pass(true);
+    let event = calls.len() - 2;
+    assert_eq!(calls[event].method, Method::POST);
+    calls.remove(event);
     calls
 }
 
@@ -310,11 +324,38 @@ async fn create_from_scratch() {
 
 #[tokio::test]
 async fn generated_secrets_are_never_rewritten() {
-    let (_, seen) = run_scenario(minimal_platform(), full_pass(true)).await;
+    // First pass over an existing platform without status: the "Created" event only.
+    let (_, first) = run_scenario(minimal_platform(), full_pass(true)).await;
+    let posts: Vec<_> = first.iter().filter(|s| s.method == Method::POST).collect();
+    assert_eq!(posts.len(), 1);
+    assert_eq!(posts[0].body["reason"], "Created");
+    // With the status of that pass: nothing is created, no event at all.
+    let mut p = minimal_platform();
+    p.status = Some(serde_json::from_value(first.last().unwrap().body["status"].clone()).unwrap());
+    let (_, second) = run_scenario(p, steady_pass()).await;
     assert!(
-        !seen.iter().any(|s| s.method == Method::POST),
+        !second.iter().any(|s| s.method == Method::POST),
         "no create, no event on a steady pass"
     );
+}
+
+#[tokio::test]
+async fn a_changed_configuration_is_announced() {
+    let mut p = minimal_platform();
+    p.status = Some(crate::crd::platform::ChatPlatformStatus {
+        config_hash: Some("0ld".into()),
+        ..Default::default()
+    });
+    let (_, seen) = run_scenario(p, full_pass(true)).await;
+    let event = seen.iter().find(|s| s.method == Method::POST).unwrap();
+    assert_eq!(event.body["reason"], "ConfigChanged");
+    assert!(
+        event.body["note"]
+            .as_str()
+            .unwrap()
+            .starts_with("Configuration or Secrets changed (0ld -> ")
+    );
+    assert_eq!(event.body["related"]["name"], "orchid-config");
 }
 
 #[tokio::test]
