@@ -10,6 +10,7 @@ pub mod admin_api;
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod fake_api;
 pub mod http;
 pub mod leader;
 #[cfg(test)]

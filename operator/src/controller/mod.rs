@@ -10,6 +10,8 @@ pub mod status;
 pub mod tenant;
 
 #[cfg(test)]
+mod run_tests;
+#[cfg(test)]
 pub(crate) mod tenant_tests;
 #[cfg(test)]
 mod tests;
