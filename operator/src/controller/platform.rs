@@ -15,7 +15,7 @@ use crate::build::{self, BuildInputs, Component, Names, config::secrets_digest};
 use crate::crd::platform::{ChatPlatformStatus, PAUSED_ANNOTATION};
 use crate::crd::{ChatPlatform, Tenant};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Secret};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -474,6 +474,26 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
         .filter(|t| t.spec.platform_ref.name == name)
         .count();
     let tenant_count = i32::try_from(tenant_count).unwrap_or(i32::MAX);
+
+    // Components not ready: ask their pods why, so the status names the cause.
+    if observed.values().any(|o| !o.is_ready()) {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let selector =
+            format!("app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={MANAGER}");
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(Error::kube("list", "Pod", &ns))?;
+        for (component, o) in observed.iter_mut().filter(|(_, o)| !o.is_ready()) {
+            let of_component: Vec<Pod> = list
+                .items
+                .iter()
+                .filter(|p| component_of(&p.metadata) == Some(*component))
+                .cloned()
+                .collect();
+            o.problem = status::pod_problem(&of_component);
+        }
+    }
 
     // Events for what changed: the first apply, and configuration (or Secret) changes that roll
     // the pods. Repeats aggregate into a series (one recorder per process).

@@ -8,6 +8,7 @@ use crate::crd::ChatPlatform;
 use crate::crd::common::{ConditionStatus, ConditionType, condition, set_condition};
 use crate::crd::platform::{ChatPlatformStatus, ComponentStatus};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use std::collections::BTreeMap;
 
@@ -35,6 +36,8 @@ pub struct Observed {
     pub current: bool,
     /// The Deployment's `Progressing` condition said `ProgressDeadlineExceeded`.
     pub stuck: Option<String>,
+    /// Why a pod of the component is not running, when one says (see [`pod_problem`]).
+    pub problem: Option<String>,
 }
 
 impl Observed {
@@ -57,6 +60,7 @@ impl Observed {
             current: status.observed_generation.is_some()
                 && status.observed_generation >= d.metadata.generation,
             stuck,
+            problem: None,
         }
     }
 
@@ -70,12 +74,73 @@ impl Observed {
             current: status.observed_generation.is_some()
                 && status.observed_generation >= s.metadata.generation,
             stuck: None,
+            problem: None,
         }
     }
 
     pub fn is_ready(&self) -> bool {
         self.current && self.ready >= self.desired && self.updated >= self.desired
     }
+}
+
+/// Container waiting reasons that mean "this will not fix itself soon".
+const BAD_WAITING: &[&str] = &[
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// The first reason, in pod-name order, why a pod is not running: unschedulable (e.g. no
+/// nodes), an image that cannot be pulled, a crash loop, a missing Secret or ConfigMap.
+pub fn pod_problem(pods: &[Pod]) -> Option<String> {
+    let mut pods: Vec<&Pod> = pods.iter().collect();
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for pod in pods {
+        let name = pod.metadata.name.as_deref().unwrap_or("?");
+        let Some(status) = &pod.status else { continue };
+        if let Some(c) = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+        {
+            let reason = c.reason.as_deref().unwrap_or("Unschedulable");
+            return Some(shorten(format!(
+                "pod {name}: {reason}: {}",
+                c.message.as_deref().unwrap_or("")
+            )));
+        }
+        for cs in status.container_statuses.iter().flatten() {
+            if let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref())
+                && let Some(reason) = waiting.reason.as_deref()
+                && BAD_WAITING.contains(&reason)
+            {
+                return Some(shorten(format!(
+                    "pod {name}: {reason}: {}",
+                    waiting.message.as_deref().unwrap_or("")
+                )));
+            }
+        }
+    }
+    None
+}
+
+fn shorten(mut s: String) -> String {
+    let s_trimmed = s.trim_end_matches([' ', ':']).len();
+    s.truncate(s_trimmed);
+    if s.len() > 240 {
+        let mut end = 240;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 /// The status after a successful apply.
@@ -98,7 +163,15 @@ pub fn platform_status(
     for c in Component::ALL {
         let o = observed.get(&c).cloned().unwrap_or_default();
         if !o.is_ready() {
-            waiting.push(format!("{} {}/{} ready", c.name(), o.ready, o.desired));
+            match &o.problem {
+                Some(problem) => waiting.push(format!(
+                    "{} {}/{} ready ({problem})",
+                    c.name(),
+                    o.ready,
+                    o.desired
+                )),
+                None => waiting.push(format!("{} {}/{} ready", c.name(), o.ready, o.desired)),
+            }
         }
         if let Some(message) = &o.stuck {
             stuck.push(format!("{}: {message}", c.name()));
@@ -362,6 +435,64 @@ mod tests {
         assert_eq!(s.version, None);
         assert_eq!(s.components["socket"].version, None);
         assert_eq!(s.components["gateway"].version.as_deref(), Some("4.5.6"));
+    }
+
+    fn pod(name: &str, status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "status": status}))
+            .unwrap()
+    }
+
+    #[test]
+    fn pod_problems_name_the_cause() {
+        let unschedulable = pod(
+            "lark-gateway-b",
+            serde_json::json!({"conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient cpu."
+            }]}),
+        );
+        let pulling = pod(
+            "lark-gateway-a",
+            serde_json::json!({"containerStatuses": [{
+                "name": "caas", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x:9\""}}
+            }]}),
+        );
+        let starting = pod(
+            "lark-gateway-0",
+            serde_json::json!({"containerStatuses": [{
+                "name": "caas", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "ContainerCreating"}}
+            }]}),
+        );
+        assert_eq!(
+            pod_problem(&[starting.clone()]),
+            None,
+            "still starting is not a problem"
+        );
+        assert_eq!(
+            pod_problem(&[unschedulable.clone(), starting.clone()]).as_deref(),
+            Some("pod lark-gateway-b: Unschedulable: 0/3 nodes are available: 3 Insufficient cpu.")
+        );
+        assert_eq!(
+            pod_problem(&[unschedulable, pulling, starting]).as_deref(),
+            Some("pod lark-gateway-a: ImagePullBackOff: Back-off pulling image \"x:9\""),
+            "first by name"
+        );
+    }
+
+    #[test]
+    fn the_problem_is_in_the_ready_message() {
+        let mut observed = all(Observed::from_deployment(&deployment(2, 2, 2, 2)));
+        let mut media = Observed::from_deployment(&deployment(2, 0, 2, 2));
+        media.problem = Some("pod lark-media-x: Unschedulable: 0/1 nodes are available".into());
+        observed.insert(Component::Media, media);
+        let s = platform_status(&platform(), &observed, 0, "h", now());
+        let ready = find_condition(&s.conditions, ConditionType::Ready).unwrap();
+        assert_eq!(
+            ready.message,
+            "waiting for media 0/2 ready (pod lark-media-x: Unschedulable: 0/1 nodes are available)"
+        );
     }
 
     #[test]

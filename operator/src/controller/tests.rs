@@ -190,6 +190,12 @@ fn full_pass(generated_exist: bool) -> Vec<Call> {
             ]
         })),
     ));
+    // Nothing is ready in a mock (no controllers run): the pass asks the pods why.
+    calls.push(call(
+        Method::GET,
+        &format!("{CORE}/pods"),
+        Answer::Json(empty_list()),
+    ));
     calls.push(call(
         Method::POST,
         "/apis/events.k8s.io/v1/namespaces/bay/events",
@@ -702,4 +708,36 @@ async fn a_repeated_warning_becomes_a_series_not_new_events() {
         "{}",
         seen[4].body
     );
+}
+
+#[tokio::test]
+async fn the_status_names_why_pods_do_not_run() {
+    let mut calls = full_pass(true);
+    let i = index_of(&calls, Method::GET, &format!("{CORE}/pods"));
+    calls[i].answer = Answer::Json(json!({
+        "apiVersion": "v1", "kind": "PodList", "metadata": {},
+        "items": [{
+            "metadata": {"name": "orchid-socket-7d9f", "labels": {"app.kubernetes.io/component": "socket"}},
+            "status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                       "message": "no nodes available to schedule pods"}]}
+        }]
+    }));
+    let (_, seen) = run_scenario(minimal_platform(), calls).await;
+    let pods = seen
+        .iter()
+        .find(|s| s.path == format!("{CORE}/pods"))
+        .unwrap();
+    assert!(
+        pods.query.contains("app.kubernetes.io%2Finstance%3Dorchid"),
+        "{}",
+        pods.query
+    );
+    let ready = condition(&seen.last().unwrap().body["status"], ConditionType::Ready).clone();
+    assert_eq!(ready["status"], "False");
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("socket 0/2 ready (pod orchid-socket-7d9f: Unschedulable: no nodes available to schedule pods)"),
+        "{message}"
+    );
+    assert!(message.contains("gateway 0/2 ready,"), "{message}");
 }
