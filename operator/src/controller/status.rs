@@ -466,7 +466,7 @@ mod tests {
             }]}),
         );
         assert_eq!(
-            pod_problem(&[starting.clone()]),
+            pod_problem(std::slice::from_ref(&starting)),
             None,
             "still starting is not a problem"
         );
