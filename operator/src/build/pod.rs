@@ -7,15 +7,18 @@
 use super::config::{ADMIN_DIR, ADMIN_TOKEN_FILE, CONFIG_DIR, KEYS_DIR, config_path};
 use super::{
     ADMIN_PORT, CONFIG_HASH_ANNOTATION, Component, HTTP_PORT, METRICS_PORT, Names, labels,
+    selector_labels,
 };
 use crate::crd::ChatPlatform;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, LocalObjectReference,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, SleepAction, Volume, VolumeMount,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, SleepAction, TopologySpreadConstraint,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
@@ -296,6 +299,24 @@ fn volumes(
     (volumes, mounts)
 }
 
+/// Unless the spec says otherwise: spread a component's pods over nodes and zones, preferring
+/// (not requiring) it, so a small cluster still schedules them all.
+pub fn default_spread(names: &Names, component: Component) -> Vec<TopologySpreadConstraint> {
+    ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+        .into_iter()
+        .map(|key| TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: key.into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(names, Some(component))),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        })
+        .collect()
+}
+
 /// The pod template of a component.
 pub fn pod_template(
     platform: &ChatPlatform,
@@ -394,8 +415,13 @@ pub fn pod_template(
             node_selector: none_if_empty(&overrides.node_selector),
             tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
             affinity: overrides.affinity.clone(),
-            topology_spread_constraints: (!overrides.topology_spread_constraints.is_empty())
-                .then(|| overrides.topology_spread_constraints.clone()),
+            topology_spread_constraints: Some(
+                if overrides.topology_spread_constraints.is_empty() {
+                    default_spread(names, component)
+                } else {
+                    overrides.topology_spread_constraints.clone()
+                },
+            ),
             priority_class_name: overrides.priority_class_name.clone(),
             containers: vec![container],
             volumes: Some(volumes),

@@ -886,3 +886,36 @@ fn service_monitor_scrapes_every_metrics_port_when_enabled() {
         );
     }
 }
+
+#[test]
+fn pods_spread_over_nodes_and_zones_unless_the_spec_says_otherwise() {
+    let d = build(&minimal_platform());
+    let pod = d.deployments[1].spec.template.spec.as_ref().unwrap();
+    let spread = pod.topology_spread_constraints.as_ref().unwrap();
+    let keys: Vec<_> = spread.iter().map(|t| t.topology_key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    );
+    for t in spread {
+        assert_eq!(
+            t.when_unsatisfiable, "ScheduleAnyway",
+            "never blocks scheduling"
+        );
+        let labels = t
+            .label_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(labels["app.kubernetes.io/component"], "socket");
+        assert_eq!(labels["app.kubernetes.io/instance"], "orchid");
+    }
+    // The full example sets its own for the gateway: used as given.
+    let full = build(&full_platform());
+    let gateway = full.deployments[0].spec.template.spec.as_ref().unwrap();
+    let spread = gateway.topology_spread_constraints.as_ref().unwrap();
+    assert_eq!(spread.len(), 1);
+    assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
+}

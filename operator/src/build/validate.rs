@@ -36,6 +36,18 @@ pub fn validate(platform: &ChatPlatform) -> Vec<String> {
                 ));
             }
         }
+        if spec.autoscaling.is_some()
+            && let Some(resources) = &spec.resources
+            && !resources
+                .requests
+                .as_ref()
+                .is_some_and(|r| r.contains_key("cpu"))
+        {
+            problems.push(format!(
+                "components.{}.autoscaling needs resources.requests.cpu: the autoscaler targets a share of it",
+                component.name()
+            ));
+        }
         for key in spec.pod.labels.keys() {
             if key.starts_with("app.kubernetes.io/") {
                 problems.push(format!(
@@ -66,6 +78,25 @@ mod tests {
             }
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn autoscaling_needs_a_cpu_request() {
+        let mut p = platform();
+        p.spec.components.media.autoscaling =
+            Some(serde_json::from_value(serde_json::json!({"maxReplicas": 4})).unwrap());
+        assert_eq!(
+            validate(&p),
+            Vec::<String>::new(),
+            "the default resources request CPU"
+        );
+        p.spec.components.media.resources =
+            Some(serde_json::from_value(serde_json::json!({"limits": {"memory": "1Gi"}})).unwrap());
+        let problems = validate(&p);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("components.media.autoscaling needs resources.requests.cpu")
+        );
     }
 
     #[test]
