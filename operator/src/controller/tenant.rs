@@ -43,7 +43,11 @@ pub mod reason {
     pub const ADMIN_TOKEN_MISSING: &str = "AdminTokenMissing";
     pub const CREDENTIALS_INVALID: &str = "CredentialsSecretInvalid";
     pub const ADMIN_API_FAILED: &str = "AdminApiFailed";
+    pub const INVALID_NAME: &str = "InvalidName";
 }
+
+/// Longest tenant id the platform accepts (`caas_domain::ids::MAX_ID_LEN`).
+pub const MAX_TENANT_ID: usize = 64;
 
 /// The tenant id on the platform: the Tenant's name (unique per namespace, and a platform and
 /// its tenants share one namespace).
@@ -136,7 +140,10 @@ fn status_with(tenant: &Tenant, ready: bool, reason_: &str, message: &str) -> Te
     status.observed_generation = generation;
     let degraded = matches!(
         reason_,
-        reason::ADMIN_API_FAILED | reason::CREDENTIALS_INVALID | reason::ADMIN_TOKEN_MISSING
+        reason::ADMIN_API_FAILED
+            | reason::CREDENTIALS_INVALID
+            | reason::ADMIN_TOKEN_MISSING
+            | reason::INVALID_NAME
     );
     set_condition(
         &mut status.conditions,
@@ -223,6 +230,19 @@ async fn apply(
     ns: &str,
 ) -> Result<Action, Error> {
     let name = tenant.name_any();
+    // The name is the platform's tenant id, which allows at most 64 characters.
+    if name.len() > MAX_TENANT_ID {
+        let message = format!(
+            "the Tenant name is the tenant id on the platform and must be at most {MAX_TENANT_ID} characters"
+        );
+        write_status(
+            tenants,
+            &name,
+            &status_with(tenant, false, reason::INVALID_NAME, &message),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
     let platform_name = &tenant.spec.platform_ref.name;
     let platforms: Api<ChatPlatform> = Api::namespaced(ctx.client.clone(), ns);
     let Some(platform) = platforms.get_opt(platform_name).await.map_err(Error::kube(

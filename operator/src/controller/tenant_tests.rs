@@ -656,3 +656,20 @@ async fn the_previous_credential_is_revoked_after_its_grace_period() {
     assert!(status.get("previousAppId").is_none(), "{status}");
     assert_eq!(status["appId"], "app_new1");
 }
+
+#[tokio::test]
+async fn a_name_longer_than_a_tenant_id_is_refused_without_calls() {
+    let mut tenant = tenant_json(true);
+    let long = "w".repeat(65);
+    tenant["metadata"]["name"] = json!(long);
+    let calls = vec![call(
+        Method::PATCH,
+        &format!("{CAAS}/tenants/{long}/status"),
+        Answer::WithStatus(tenant.clone()),
+    )];
+    let admin = Arc::new(FakeAdmin::default());
+    let (result, seen) = run(tenant, calls, admin.clone()).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(ready_of(&seen[0])["reason"], "InvalidName");
+    assert!(admin.calls().is_empty());
+}
