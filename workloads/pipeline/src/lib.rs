@@ -140,39 +140,6 @@ pub fn transform(event: ConversationEvent) -> ConversationEvent {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use caas_domain::event::MessageCreated;
-    use caas_domain::{MessageId, UserId};
-
-    #[test]
-    fn a_producer_cannot_smuggle_html_or_mentions() {
-        let ev = ConversationEvent::MessageCreated(MessageCreated {
-            message_id: MessageId::generate(),
-            sender_id: UserId::parse("eve").unwrap(),
-            text: "hi @bob".into(),
-            html: "<img src=x onerror=alert(1)>".into(),
-            mentions: vec![
-                UserId::parse("bob").unwrap(),
-                UserId::parse("carl").unwrap(),
-            ],
-            links: vec!["javascript:alert(1)".into()],
-            hashtags: vec![],
-            parent_id: None,
-            client_msg_id: None,
-            forwarded_from: None,
-            created_at: time::OffsetDateTime::UNIX_EPOCH,
-        });
-        let ConversationEvent::MessageCreated(m) = transform(ev) else {
-            panic!("kind changed")
-        };
-        assert!(!m.html.contains("<img"), "{}", m.html);
-        assert!(m.links.is_empty());
-        assert_eq!(m.mentions, vec![UserId::parse("bob").unwrap()]);
-    }
-}
-
 /// Runs the persistence consumer until `stop` is cancelled. The current batch is finished and
 /// committed before it returns.
 pub async fn run(
@@ -280,5 +247,38 @@ async fn persist(
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caas_domain::event::MessageCreated;
+    use caas_domain::{MessageId, UserId};
+
+    #[test]
+    fn a_producer_cannot_smuggle_html_or_mentions() {
+        let ev = ConversationEvent::MessageCreated(MessageCreated {
+            message_id: MessageId::generate(),
+            sender_id: UserId::parse("eve").unwrap(),
+            text: "hi @bob".into(),
+            html: "<img src=x onerror=alert(1)>".into(),
+            mentions: vec![
+                UserId::parse("bob").unwrap(),
+                UserId::parse("carl").unwrap(),
+            ],
+            links: vec!["javascript:alert(1)".into()],
+            hashtags: vec![],
+            parent_id: None,
+            client_msg_id: None,
+            forwarded_from: None,
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        });
+        let ConversationEvent::MessageCreated(m) = transform(ev) else {
+            panic!("kind changed")
+        };
+        assert!(!m.html.contains("<img"), "{}", m.html);
+        assert!(m.links.is_empty());
+        assert_eq!(m.mentions, vec![UserId::parse("bob").unwrap()]);
     }
 }
