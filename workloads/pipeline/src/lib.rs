@@ -95,14 +95,28 @@ pub fn decode(d: &Delivery) -> Option<LogEvent> {
     let env = match Envelope::<ConversationEvent>::from_delivery(d) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(error = %e, partition = d.partition, offset = d.offset, "Undecodable log record; skipping it.");
+            tracing::warn!(
+                error = %e,
+                partition = d.partition,
+                offset = d.offset,
+                correlation_id = d.header(caas_bus::HEADER_CORRELATION_ID).unwrap_or(""),
+                tenant_id = d.header(caas_bus::HEADER_TENANT).unwrap_or(""),
+                "Undecodable log record; skipping it."
+            );
             return None;
         }
     };
     let conversation_id = match ConversationId::parse(env.key.as_str()) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %e, partition = d.partition, offset = d.offset, "Log record with an invalid key; skipping it.");
+            tracing::warn!(
+                error = %e,
+                partition = d.partition,
+                offset = d.offset,
+                correlation_id = %env.correlation_id,
+                tenant_id = %env.tenant_id,
+                "Log record with an invalid key; skipping it."
+            );
             return None;
         }
     };
