@@ -29,7 +29,8 @@ pub struct Args {
     /// Prometheus metrics.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub metrics_listen: String,
-    /// Log lines for a terminal instead of JSON.
+    /// Log lines for a terminal instead of JSON (the default when stdout is a terminal and no
+    /// config file is given).
     #[arg(long)]
     pub pretty: bool,
 }
@@ -92,7 +93,8 @@ pub async fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
         // In one process the realtime endpoint shares the API's port.
         cfg.server.socket_urls = vec![format!("http://{}", args.listen)];
     }
-    if args.pretty {
+    // A person at a terminal gets readable lines; pipes and files get JSON.
+    if args.pretty || (config.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdout())) {
         cfg.log.format = caas_config::LogFormat::Pretty;
     }
     caas_kit::telemetry::init(&cfg.log);
