@@ -20,6 +20,27 @@ use std::time::Duration;
 
 use super::{now, page_limit, stale_headers};
 
+/// The mentioned candidates that are members of the conversation (at most the first 20).
+async fn member_mentions(
+    s: &AppState,
+    caller: &Caller,
+    conversation: &ConversationId,
+    candidates: &[String],
+) -> Result<Vec<UserId>, ApiError> {
+    let mut mentions = Vec::new();
+    for candidate in candidates.iter().take(20) {
+        if let Ok(u) = UserId::parse(candidate.as_str())
+            && s.store
+                .get_member(caller.tenant(), conversation, &u)
+                .await?
+                .is_some()
+        {
+            mentions.push(u);
+        }
+    }
+    Ok(mentions)
+}
+
 /// Validates, renders and publishes a new message; the answer means it is durable in the log.
 pub(crate) async fn accept(
     s: &AppState,
@@ -89,17 +110,7 @@ pub(crate) async fn accept(
     }
 
     let rendered = caas_domain::text::render(&text);
-    let mut mentions = Vec::new();
-    for candidate in rendered.mentions.iter().take(20) {
-        if let Ok(u) = UserId::parse(candidate.as_str())
-            && s.store
-                .get_member(caller.tenant(), &conv.id, &u)
-                .await?
-                .is_some()
-        {
-            mentions.push(u);
-        }
-    }
+    let mentions = member_mentions(s, caller, &conv.id, &rendered.mentions).await?;
     let created_at = now();
     let event = MessageCreated {
         message_id,
@@ -343,17 +354,7 @@ pub(crate) async fn edit_message(
     model::validate_text(&req.text)?;
     s.rate_limit(&caller, "msg").await?;
     let rendered = caas_domain::text::render(&req.text);
-    let mut mentions = Vec::new();
-    for candidate in rendered.mentions.iter().take(20) {
-        if let Ok(u) = UserId::parse(candidate.as_str())
-            && s.store
-                .get_member(caller.tenant(), &id, &u)
-                .await?
-                .is_some()
-        {
-            mentions.push(u);
-        }
-    }
+    let mentions = member_mentions(&s, &caller, &id, &rendered.mentions).await?;
     let t = now();
     let ev = ConversationEvent::MessageUpdated(MessageUpdated {
         message_id: mid,
