@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE TABLE IF NOT EXISTS commits (
     grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 ";
 
 enum Request {
@@ -106,6 +107,7 @@ impl EmbeddedLog {
         let writer = open_conn(&path).map_err(sqlerr)?;
         writer.execute_batch(SCHEMA).map_err(sqlerr)?;
         migrate(&writer).map_err(sqlerr)?;
+        check_partitions(&writer, partitions.max(1))?;
         let mut heads = HashMap::new();
         {
             let mut st = writer
@@ -276,6 +278,32 @@ fn writer_loop(
                 }
             }
         }
+    }
+}
+
+/// Records the partition count on first open and refuses another one later: the partition of a
+/// conversation (and so its order and every position a client holds) depends on it.
+fn check_partitions(conn: &Connection, partitions: u32) -> Result<()> {
+    let stored: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'partitions'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(sqlerr)?;
+    match stored {
+        None => {
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('partitions', ?1)",
+                [partitions.to_string()],
+            )
+            .map_err(sqlerr)?;
+            Ok(())
+        }
+        Some(v) if v == partitions.to_string() => Ok(()),
+        Some(v) => Err(BusError::Internal(format!(
+            "this log was created with {v} partitions; it cannot be opened with {partitions} \
+             (set bus.partitions back to {v})"
+        ))),
     }
 }
 
@@ -656,6 +684,17 @@ mod tests {
         assert_eq!(log.publish("t", rec("a", 1)).await.unwrap().offset, 1);
         let mut c = log.consumer("g", &["t"]).await.unwrap();
         assert_eq!(drain(&mut c, 2).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_partition_count_of_a_log_is_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let log = EmbeddedLog::open(&path, 4).unwrap();
+        log.close();
+        let e = EmbeddedLog::open(&path, 8).unwrap_err();
+        assert!(e.to_string().contains("created with 4 partitions"), "{e}");
+        assert!(EmbeddedLog::open(&path, 4).is_ok());
     }
 
     #[tokio::test]
