@@ -116,6 +116,36 @@ fn from_json<T: serde::de::DeserializeOwned>(s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(internal)
 }
 
+/// The JSON document in the first column of the one row `q` selects, decoded.
+fn query_doc<T: serde::de::DeserializeOwned>(
+    c: &Connection,
+    q: &str,
+    params: impl rusqlite::Params,
+) -> Result<Option<T>> {
+    c.prepare_cached(q)
+        .map_err(sql)?
+        .query_row(params, |r| r.get::<_, String>(0))
+        .optional()
+        .map_err(sql)?
+        .map(|d| from_json(&d))
+        .transpose()
+}
+
+/// The JSON documents in the first column of the rows `q` selects, decoded.
+fn query_docs<T: serde::de::DeserializeOwned>(
+    c: &Connection,
+    q: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<T>> {
+    let mut st = c.prepare_cached(q).map_err(sql)?;
+    let rows = st
+        .query_map(params, |r| r.get::<_, String>(0))
+        .map_err(sql)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql)?;
+    rows.iter().map(|d| from_json(d)).collect()
+}
+
 impl SqliteStore {
     /// Opens (creating when missing) the database file and its schema.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -167,13 +197,11 @@ impl SqliteStore {
 }
 
 fn load_conversation(c: &Connection, t: &str, id: &str) -> Result<Option<Conversation>> {
-    c.prepare_cached("SELECT doc FROM conversations WHERE tenant_id = ?1 AND id = ?2")
-        .map_err(sql)?
-        .query_row(params![t, id], |r| r.get::<_, String>(0))
-        .optional()
-        .map_err(sql)?
-        .map(|d| from_json(&d))
-        .transpose()
+    query_doc(
+        c,
+        "SELECT doc FROM conversations WHERE tenant_id = ?1 AND id = ?2",
+        params![t, id],
+    )
 }
 
 fn save_conversation(c: &Connection, conv: &Conversation) -> Result<()> {
@@ -204,13 +232,11 @@ fn activity_ms(conv: &Conversation) -> i64 {
 }
 
 fn load_message(c: &Connection, t: &str, id: &str) -> Result<Option<Message>> {
-    c.prepare_cached("SELECT doc FROM messages WHERE tenant_id = ?1 AND id = ?2")
-        .map_err(sql)?
-        .query_row(params![t, id], |r| r.get::<_, String>(0))
-        .optional()
-        .map_err(sql)?
-        .map(|d| from_json(&d))
-        .transpose()
+    query_doc(
+        c,
+        "SELECT doc FROM messages WHERE tenant_id = ?1 AND id = ?2",
+        params![t, id],
+    )
 }
 
 fn save_message(c: &Connection, m: &Message) -> Result<()> {
@@ -493,16 +519,8 @@ impl Store for SqliteStore {
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
         let id = id.to_string();
-        self.read(move |c| {
-            c.prepare_cached("SELECT doc FROM tenants WHERE id = ?1")
-                .map_err(sql)?
-                .query_row([id], |r| r.get::<_, String>(0))
-                .optional()
-                .map_err(sql)?
-                .map(|d| from_json(&d))
-                .transpose()
-        })
-        .await
+        self.read(move |c| query_doc(c, "SELECT doc FROM tenants WHERE id = ?1", [id]))
+            .await
     }
 
     async fn put_tenant(&self, tenant: &Tenant) -> Result<()> {
@@ -526,15 +544,11 @@ impl Store for SqliteStore {
     async fn list_tenants(&self, after: Option<&TenantId>, limit: u32) -> Result<Vec<Tenant>> {
         let after = after.map(|a| a.to_string()).unwrap_or_default();
         self.read(move |c| {
-            let mut st = c
-                .prepare_cached("SELECT doc FROM tenants WHERE id > ?1 ORDER BY id LIMIT ?2")
-                .map_err(sql)?;
-            let rows = st
-                .query_map(params![after, limit], |r| r.get::<_, String>(0))
-                .map_err(sql)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(sql)?;
-            rows.iter().map(|d| from_json(d)).collect()
+            query_docs(
+                c,
+                "SELECT doc FROM tenants WHERE id > ?1 ORDER BY id LIMIT ?2",
+                params![after, limit],
+            )
         })
         .await
     }
@@ -590,30 +604,18 @@ impl Store for SqliteStore {
 
     async fn get_credential(&self, app_id: &str) -> Result<Option<AppCredential>> {
         let app = app_id.to_string();
-        self.read(move |c| {
-            c.prepare_cached("SELECT doc FROM credentials WHERE app_id = ?1")
-                .map_err(sql)?
-                .query_row([app], |r| r.get::<_, String>(0))
-                .optional()
-                .map_err(sql)?
-                .map(|d| from_json(&d))
-                .transpose()
-        })
-        .await
+        self.read(move |c| query_doc(c, "SELECT doc FROM credentials WHERE app_id = ?1", [app]))
+            .await
     }
 
     async fn list_credentials(&self, tenant: &TenantId) -> Result<Vec<AppCredential>> {
         let t = tenant.to_string();
         self.read(move |c| {
-            let mut st = c
-                .prepare_cached("SELECT doc FROM credentials WHERE tenant_id = ?1 ORDER BY app_id")
-                .map_err(sql)?;
-            let rows = st
-                .query_map([t], |r| r.get::<_, String>(0))
-                .map_err(sql)?
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(sql)?;
-            rows.iter().map(|d| from_json(d)).collect()
+            query_docs(
+                c,
+                "SELECT doc FROM credentials WHERE tenant_id = ?1 ORDER BY app_id",
+                [t],
+            )
         })
         .await
     }
@@ -661,13 +663,11 @@ impl Store for SqliteStore {
     async fn get_user(&self, tenant: &TenantId, id: &UserId) -> Result<Option<User>> {
         let (t, id) = (tenant.to_string(), id.to_string());
         self.read(move |c| {
-            c.prepare_cached("SELECT doc FROM users WHERE tenant_id = ?1 AND id = ?2")
-                .map_err(sql)?
-                .query_row(params![t, id], |r| r.get::<_, String>(0))
-                .optional()
-                .map_err(sql)?
-                .map(|d| from_json(&d))
-                .transpose()
+            query_doc(
+                c,
+                "SELECT doc FROM users WHERE tenant_id = ?1 AND id = ?2",
+                params![t, id],
+            )
         })
         .await
     }
