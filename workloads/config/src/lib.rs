@@ -23,6 +23,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
     pub pipeline: PipelineConfig,
+    pub media: MediaConfig,
 }
 
 /// Listeners, HTTP protections and shutdown.
@@ -294,6 +295,148 @@ impl Default for PipelineConfig {
             group_id: "caas-pipeline".into(),
             batch_max_events: 1_000,
             batch_linger_ms: 5,
+        }
+    }
+}
+
+/// The media workload: where files live, limits, signed URLs and upkeep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MediaConfig {
+    pub backend: MediaBackend,
+    /// Metadata of uploads and files when the store is embedded (SQLite file); with MongoDB the
+    /// media collections live in the store's database.
+    pub metadata_path: String,
+    /// HMAC key of signed download URLs: a file holding it (created by `caas standalone`).
+    /// `CAAS_MEDIA__SIGNING_KEY` (the key itself, at least 32 characters) wins over the file.
+    pub signing_key_file: String,
+    pub signing_key: String,
+    /// Default and longest lifetime of a signed URL.
+    pub signed_url_ttl_secs: u64,
+    pub signed_url_max_ttl_secs: u64,
+    /// Public base URL that signed URLs start with (e.g. `https://chat.example.com`). Empty:
+    /// a path-only URL (`/v1/media/signed/...`).
+    pub public_base_url: String,
+    /// Smallest part of a chunked upload (except the last): S3 refuses parts under 5 MiB.
+    pub min_part_bytes: u64,
+    /// Largest part of a chunked upload; a part is held in memory while it is stored.
+    pub max_part_bytes: u64,
+    /// Most parts of a chunked upload.
+    pub max_parts: u32,
+    /// An upload not completed within this time is aborted and its parts removed.
+    pub upload_expiry_secs: u64,
+    /// Soft-deleted files are purged (object removed) after this time.
+    pub purge_after_secs: u64,
+    /// How often expired uploads and deleted files are cleaned up.
+    pub janitor_interval_secs: u64,
+    /// Types (as sniffed from the bytes) accepted when a tenant has no override. `type/*`
+    /// matches a whole family.
+    pub allowed_types: Vec<String>,
+    /// Per-tenant overrides of `allowedTypes`, by tenant id. Sizes and storage come from the
+    /// tenant's quotas.
+    pub tenant_allowed_types: BTreeMap<String, Vec<String>>,
+    /// Thumbnails: longest side in pixels.
+    pub thumbnail_px: u32,
+    /// Images larger than this (bytes) get no thumbnail.
+    pub thumbnail_max_source_bytes: u64,
+    /// Images whose width or height exceeds this are refused (decompression bombs).
+    pub max_image_dimension: u32,
+    /// Memory the image decoder may allocate for one thumbnail.
+    pub thumbnail_max_alloc_bytes: u64,
+    /// Time one thumbnail may take.
+    pub thumbnail_timeout_ms: u64,
+    /// Whole-request timeout of media routes (uploads stream for long).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            backend: MediaBackend::default(),
+            metadata_path: "./caas-data/media.db".into(),
+            signing_key_file: "./caas-data/media-signing-key".into(),
+            signing_key: String::new(),
+            signed_url_ttl_secs: 3_600,
+            signed_url_max_ttl_secs: 7 * 24 * 3_600,
+            public_base_url: String::new(),
+            min_part_bytes: 5 * 1024 * 1024,
+            max_part_bytes: 16 * 1024 * 1024,
+            max_parts: 10_000,
+            upload_expiry_secs: 24 * 3_600,
+            purge_after_secs: 3_600,
+            janitor_interval_secs: 60,
+            allowed_types: [
+                "image/*",
+                "video/*",
+                "audio/*",
+                "application/pdf",
+                "text/plain",
+                "application/zip",
+                "application/octet-stream",
+            ]
+            .map(String::from)
+            .to_vec(),
+            tenant_allowed_types: BTreeMap::new(),
+            thumbnail_px: 320,
+            thumbnail_max_source_bytes: 32 * 1024 * 1024,
+            max_image_dimension: 12_000,
+            thumbnail_max_alloc_bytes: 256 * 1024 * 1024,
+            thumbnail_timeout_ms: 10_000,
+            request_timeout_ms: 600_000,
+        }
+    }
+}
+
+/// Where media bytes live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
+pub enum MediaBackend {
+    /// A local directory (one process, or a shared volume).
+    #[serde(rename_all = "camelCase")]
+    Local { dir: String },
+    /// S3 or an S3-compatible server. Keys normally come from the environment
+    /// (`CAAS_MEDIA__BACKEND__ACCESS_KEY`, `CAAS_MEDIA__BACKEND__SECRET_KEY`); empty keys use the
+    /// standard AWS environment and instance credentials.
+    #[serde(rename_all = "camelCase")]
+    S3(S3Config),
+}
+
+impl Default for MediaBackend {
+    fn default() -> Self {
+        MediaBackend::Local {
+            dir: "./caas-data/media".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct S3Config {
+    pub bucket: String,
+    /// Empty: AWS. Otherwise e.g. `http://minio:9000`.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// Path-style requests (`endpoint/bucket/key`), which most S3-compatible servers need.
+    pub path_style: bool,
+    /// Allow `http://` endpoints.
+    pub allow_http: bool,
+    /// Prefix of every object key, e.g. `prod/`.
+    pub prefix: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: "caas-media".into(),
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            access_key: String::new(),
+            secret_key: String::new(),
+            path_style: true,
+            allow_http: false,
+            prefix: String::new(),
         }
     }
 }

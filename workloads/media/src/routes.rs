@@ -1,0 +1,284 @@
+//! The HTTP face of the media workload, under `/v1/media`. Handlers only translate HTTP (paths,
+//! headers, bodies) into calls of [`crate::upload`] and [`crate::download`].
+//!
+//! | route | what |
+//! | --- | --- |
+//! | `POST /v1/media/conversations/{id}/files?name=` | single upload (body = the bytes) |
+//! | `POST /v1/media/conversations/{id}/uploads` | start a chunked upload |
+//! | `GET`, `DELETE /v1/media/uploads/{id}` | status with progress; abort |
+//! | `PUT /v1/media/uploads/{id}/parts/{n}` | part n (1-based), any order, again after a failure |
+//! | `POST /v1/media/uploads/{id}/complete` | assemble, verify, record |
+//! | `GET`, `DELETE /v1/media/files/{id}` | metadata; soft delete |
+//! | `GET /v1/media/files/{id}/content` | download (Range, ETag) |
+//! | `GET /v1/media/files/{id}/thumbnail` | thumbnail of an image |
+//! | `POST /v1/media/files/{id}/url?ttl_secs=` | a signed, expiring URL |
+//! | `GET /v1/media/signed/{tenant}/{id}?exp=&sig=` | download without a token |
+
+use crate::download;
+use crate::error::MediaError;
+use crate::model::Media;
+use crate::state::{Caller, MediaState};
+use crate::upload::{self, Complete, Initiate, PartStatus, Single, UploadStatus};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::{get, post, put};
+use caas_domain::{ConversationId, TenantId};
+use caas_kit::error::{Json, Path, Query};
+use http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The media routes with their state.
+pub fn router(state: MediaState) -> Router {
+    Router::new()
+        .route(
+            "/v1/media/conversations/{conversation_id}/files",
+            post(upload_single),
+        )
+        .route(
+            "/v1/media/conversations/{conversation_id}/uploads",
+            post(initiate),
+        )
+        .route("/v1/media/uploads/{upload_id}", get(status).delete(abort))
+        .route(
+            "/v1/media/uploads/{upload_id}/parts/{number}",
+            put(put_part),
+        )
+        .route("/v1/media/uploads/{upload_id}/complete", post(complete))
+        .route("/v1/media/files/{media_id}", get(metadata).delete(delete))
+        .route("/v1/media/files/{media_id}/content", get(content))
+        .route("/v1/media/files/{media_id}/thumbnail", get(thumbnail))
+        .route("/v1/media/files/{media_id}/url", post(signed_url))
+        .route("/v1/media/signed/{tenant_id}/{media_id}", get(signed))
+        .with_state(state)
+}
+
+fn content_length(h: &HeaderMap) -> Result<Option<u64>, MediaError> {
+    h.get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| MediaError::invalid("invalid content-length"))
+        })
+        .transpose()
+}
+
+/// The optional `x-checksum-sha256` header (hex).
+fn checksum(h: &HeaderMap) -> Result<Option<String>, MediaError> {
+    h.get("x-checksum-sha256")
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| MediaError::invalid("invalid x-checksum-sha256"))
+                .and_then(crate::model::parse_sha256)
+        })
+        .transpose()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameQuery {
+    pub name: String,
+}
+
+async fn upload_single(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(conversation): Path<ConversationId>,
+    Query(q): Query<NameQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Media>), MediaError> {
+    let declared = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(crate::sniff::essence)
+        .unwrap_or_default();
+    let input = Single {
+        conversation,
+        name: q.name,
+        declared_type: declared,
+        content_length: content_length(&headers)?,
+        sha256: checksum(&headers)?,
+    };
+    let media = upload::single(&s, &caller, input, body.into_data_stream()).await?;
+    Ok((StatusCode::CREATED, Json(media)))
+}
+
+async fn initiate(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(conversation): Path<ConversationId>,
+    Json(req): Json<Initiate>,
+) -> Result<(StatusCode, Json<UploadStatus>), MediaError> {
+    let st = upload::initiate(&s, &caller, conversation, req).await?;
+    Ok((StatusCode::CREATED, Json(st)))
+}
+
+async fn status(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UploadStatus>, MediaError> {
+    Ok(Json(upload::get_status(&s, &caller, &id).await?))
+}
+
+async fn abort(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, MediaError> {
+    upload::abort(&s, &caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn put_part(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path((id, number)): Path<(String, u32)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PartStatus>, MediaError> {
+    let p = upload::put_part(
+        &s,
+        &caller,
+        &id,
+        number,
+        content_length(&headers)?,
+        checksum(&headers)?,
+        body.into_data_stream(),
+    )
+    .await?;
+    Ok(Json(p))
+}
+
+async fn complete(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(req): Json<Complete>,
+) -> Result<(StatusCode, Json<Media>), MediaError> {
+    let media = upload::complete(&s, &caller, &id, req).await?;
+    Ok((StatusCode::CREATED, Json(media)))
+}
+
+async fn metadata(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Media>, MediaError> {
+    Ok(Json(s.readable(&caller, &id).await?))
+}
+
+async fn delete(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, MediaError> {
+    download::delete(&s, &caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn content(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, MediaError> {
+    let media = s.readable(&caller, &id).await?;
+    download::serve(&s, &media, &headers, false).await
+}
+
+async fn thumbnail(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, MediaError> {
+    let media = s.readable(&caller, &id).await?;
+    download::serve(&s, &media, &headers, true).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlQuery {
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SignedUrl {
+    pub url: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+async fn signed_url(
+    State(s): State<MediaState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<UrlQuery>,
+) -> Result<Json<SignedUrl>, MediaError> {
+    let media = s.readable(&caller, &id).await?;
+    let ttl = q.ttl_secs.unwrap_or(s.config.signed_url_ttl_secs);
+    if ttl == 0 || ttl > s.config.signed_url_max_ttl_secs {
+        return Err(MediaError::invalid(format!(
+            "ttl_secs must be 1-{}",
+            s.config.signed_url_max_ttl_secs
+        )));
+    }
+    let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(ttl as i64);
+    let exp = expires_at.unix_timestamp();
+    let sig = s.signer.sign(media.tenant_id.as_str(), &media.id, exp);
+    let url = format!(
+        "{}/v1/media/signed/{}/{}?exp={exp}&sig={sig}",
+        s.config.public_base_url.trim_end_matches('/'),
+        media.tenant_id,
+        media.id
+    );
+    Ok(Json(SignedUrl {
+        url,
+        expires_at: expires_at.replace_nanosecond(0).unwrap_or(expires_at),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignedQuery {
+    #[serde(default)]
+    pub exp: Option<i64>,
+    #[serde(default)]
+    pub sig: Option<String>,
+}
+
+async fn signed(
+    State(s): State<MediaState>,
+    Path((tenant, id)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<SignedQuery>,
+    headers: HeaderMap,
+) -> Result<Response, MediaError> {
+    let forbidden =
+        |code: &'static str, msg: &str| MediaError::new(StatusCode::FORBIDDEN, code, msg);
+    let (Some(exp), Some(sig)) = (q.exp, q.sig) else {
+        return Err(forbidden("invalid_signature", "the URL is not signed"));
+    };
+    if !s.signer.verify(&tenant, &id, exp, &sig) {
+        return Err(forbidden(
+            "invalid_signature",
+            "the URL's signature is invalid",
+        ));
+    }
+    if exp <= OffsetDateTime::now_utc().unix_timestamp() {
+        return Err(forbidden("url_expired", "the URL has expired"));
+    }
+    let tenant = TenantId::parse(tenant).map_err(|_| MediaError::not_found("file"))?;
+    crate::model::check_id(&id)?;
+    let media = s
+        .repo
+        .get_media(&tenant, &id)
+        .await?
+        .filter(|m| !m.is_deleted())
+        .ok_or_else(|| MediaError::not_found("file"))?;
+    download::serve(&s, &media, &headers, false).await
+}
