@@ -24,6 +24,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub pipeline: PipelineConfig,
     pub media: MediaConfig,
+    pub search: SearchConfig,
 }
 
 /// Listeners, HTTP protections and shutdown.
@@ -437,6 +438,41 @@ impl Default for S3Config {
             path_style: true,
             allow_http: false,
             prefix: String::new(),
+        }
+    }
+}
+
+/// The search workload (`caas search`, and inside `caas standalone`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct SearchConfig {
+    /// Directory of the index (one sub-directory per index generation). In Kubernetes: the
+    /// StatefulSet volume.
+    pub index_dir: String,
+    /// Consumer group of the indexer. `{hostname}` is replaced by the `HOSTNAME` environment
+    /// variable: every replica indexes everything with a group of its own
+    /// (`caas-search-{hostname}` gives `caas-search-caas-search-0`, ...).
+    pub group_id: String,
+    /// Longest an indexed event waits for its batch to be committed (searchable).
+    pub commit_interval_ms: u64,
+    /// Largest batch committed to the index at once.
+    pub batch_max_events: usize,
+    /// Memory of the index writer (tantivy's indexing arena), in megabytes.
+    pub writer_memory_mb: usize,
+    /// Stemming language of the message analyzer (`english`, `french`, `german`, ...). Changing
+    /// it changes the index version: the next start rebuilds the index from the store.
+    pub language: String,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            index_dir: "./caas-data/search".into(),
+            group_id: "caas-search".into(),
+            commit_interval_ms: 200,
+            batch_max_events: 5_000,
+            writer_memory_mb: 64,
+            language: "english".into(),
         }
     }
 }

@@ -231,6 +231,37 @@ pub trait Store: Send + Sync + 'static {
         page: MessagePage,
     ) -> Result<Vec<Message>>;
 
+    // Scans and membership lookups of the search workload (its rebuild from the store and its
+    // per-query access filter).
+    /// The tenant's users ordered by id, after `after`.
+    async fn list_users(
+        &self,
+        tenant: &TenantId,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>>;
+    /// The tenant's conversations (archived ones too) ordered by id, after `after`.
+    async fn list_conversations(
+        &self,
+        tenant: &TenantId,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<Conversation>>;
+    /// The tenant's messages of every conversation and thread (soft-deleted ones too) ordered
+    /// by message id, after `after`.
+    async fn scan_messages(
+        &self,
+        tenant: &TenantId,
+        after: Option<&MessageId>,
+        limit: u32,
+    ) -> Result<Vec<Message>>;
+    /// The ids of every conversation `user` is a member of now (archived ones too), unordered.
+    async fn member_conversation_ids(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<Vec<ConversationId>>;
+
     // The log.
     /// Applies log events in the order given (which is log order within each partition),
     /// idempotently, and records per partition the next offset to apply for `consumer`.

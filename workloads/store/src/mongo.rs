@@ -1864,6 +1864,99 @@ impl Store for MongoStore {
         Ok(out)
     }
 
+    async fn list_users(
+        &self,
+        tenant: &TenantId,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! {"tenant_id": tenant.as_str()};
+        if let Some(a) = after {
+            filter.insert("id", doc! {"$gt": a.as_str()});
+        }
+        self.find_all(&self.users, filter, Some(doc! {"id": 1}), Some(limit_of(limit)))
+            .await?
+            .iter()
+            .map(user_from)
+            .collect()
+    }
+
+    async fn list_conversations(
+        &self,
+        tenant: &TenantId,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<Conversation>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! {"tenant_id": tenant.as_str()};
+        if let Some(a) = after {
+            filter.insert("id", doc! {"$gt": a.as_str()});
+        }
+        self.find_all(
+            &self.conversations,
+            filter,
+            Some(doc! {"id": 1}),
+            Some(limit_of(limit)),
+        )
+        .await?
+        .iter()
+        .map(conversation_from)
+        .collect()
+    }
+
+    async fn scan_messages(
+        &self,
+        tenant: &TenantId,
+        after: Option<&MessageId>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! {"tenant_id": tenant.as_str()};
+        if let Some(a) = after {
+            filter.insert("id", doc! {"$gt": a.to_string()});
+        }
+        self.find_all(
+            &self.messages,
+            filter,
+            Some(doc! {"id": 1}),
+            Some(limit_of(limit)),
+        )
+        .await?
+        .iter()
+        .map(message_from)
+        .collect()
+    }
+
+    async fn member_conversation_ids(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<Vec<ConversationId>> {
+        let docs = self
+            .members
+            .find(doc! {"tenant_id": tenant.as_str(), "user_id": user.as_str()})
+            .projection(doc! {"conversation_id": 1})
+            .await
+            .map_err(db_err)?
+            .try_collect::<Vec<Document>>()
+            .await
+            .map_err(db_err)?;
+        docs.iter()
+            .map(|d| {
+                let r = R(d);
+                let id = r.str("conversation_id")?;
+                ConversationId::parse(id).map_err(|e| StoreError::Internal(e.to_string()))
+            })
+            .collect()
+    }
+
     async fn apply(&self, consumer: &str, events: &[LogEvent]) -> Result<ApplyReport> {
         let mut report = ApplyReport::default();
         // Below the recorded progress: done before. Within the batch the log is in order per

@@ -1075,6 +1075,85 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_users(
+        &self,
+        tenant: &TenantId,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<User>> {
+        let t = tenant.to_string();
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        self.read(move |c| {
+            query_docs(
+                c,
+                "SELECT doc FROM users WHERE tenant_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                params![t, after, limit],
+            )
+        })
+        .await
+    }
+
+    async fn list_conversations(
+        &self,
+        tenant: &TenantId,
+        after: Option<&ConversationId>,
+        limit: u32,
+    ) -> Result<Vec<Conversation>> {
+        let t = tenant.to_string();
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        self.read(move |c| {
+            query_docs(
+                c,
+                "SELECT doc FROM conversations WHERE tenant_id = ?1 AND id > ?2
+                 ORDER BY id LIMIT ?3",
+                params![t, after, limit],
+            )
+        })
+        .await
+    }
+
+    async fn scan_messages(
+        &self,
+        tenant: &TenantId,
+        after: Option<&MessageId>,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let t = tenant.to_string();
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        self.read(move |c| {
+            query_docs(
+                c,
+                "SELECT doc FROM messages WHERE tenant_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                params![t, after, limit],
+            )
+        })
+        .await
+    }
+
+    async fn member_conversation_ids(
+        &self,
+        tenant: &TenantId,
+        user: &UserId,
+    ) -> Result<Vec<ConversationId>> {
+        let (t, u) = (tenant.to_string(), user.to_string());
+        self.read(move |c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT conversation_id FROM members WHERE tenant_id = ?1 AND user_id = ?2",
+                )
+                .map_err(sql)?;
+            let rows = st
+                .query_map(params![t, u], |r| r.get::<_, String>(0))
+                .map_err(sql)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(sql)?;
+            rows.into_iter()
+                .map(|id| ConversationId::parse(id).map_err(internal))
+                .collect()
+        })
+        .await
+    }
+
     async fn apply(&self, consumer: &str, events: &[LogEvent]) -> Result<ApplyReport> {
         let consumer = consumer.to_string();
         let events = events.to_vec();

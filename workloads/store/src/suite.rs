@@ -44,6 +44,7 @@ pub async fn run_all(store: &dyn Store) {
     mark_read_ahead_of_persistence(store).await;
     mark_read_racing_apply(store).await;
     conversation_list(store).await;
+    search_scans(store).await;
     progress(store).await;
     audit(store).await;
     delete_tenant(store).await;
@@ -1775,6 +1776,118 @@ pub async fn conversation_list(store: &dyn Store) {
     )
     .await;
     assert_eq!(ids(&walk(true, 3).await)[0], "c-b");
+}
+
+/// The scans of the search rebuild (users, conversations, messages of a tenant in id order,
+/// paged) and the membership lookup of search queries; never across tenants.
+pub async fn search_scans(store: &dyn Store) {
+    let t = tid("sc");
+    let other = tid("sc-other");
+    room(store, &t, "sc-b", &["ada", "bo"]).await;
+    room(store, &t, "sc-a", &["bo"]).await;
+    room(store, &t, "sc-c", &["cy"]).await;
+    room(store, &other, "sc-a", &["bo"]).await;
+    for (tenant, u) in [(&t, "ada"), (&t, "bo"), (&t, "cy"), (&other, "bo")] {
+        store
+            .upsert_user(&User {
+                tenant_id: tenant.clone(),
+                id: uid(u),
+                name: format!("name {u}"),
+                image_url: None,
+                data: serde_json::Value::Null,
+                created_at: at(1),
+                updated_at: at(1),
+                tokens_valid_after: None,
+            })
+            .await
+            .unwrap();
+    }
+    let users = store.list_users(&t, None, 2).await.unwrap();
+    let names: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(names, ["ada", "bo"], "first page of users");
+    let rest = store.list_users(&t, Some(&uid("bo")), 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].id.as_str(), "cy");
+    assert_eq!(rest[0].name, "name cy");
+
+    let convs = store.list_conversations(&t, None, 10).await.unwrap();
+    let ids: Vec<&str> = convs.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["sc-a", "sc-b", "sc-c"], "conversations in id order");
+    assert!(convs.iter().all(|c| c.tenant_id == t), "only the tenant's");
+    let page = store
+        .list_conversations(&t, Some(&cid("sc-a")), 1)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].id.as_str(), "sc-b");
+
+    let consumer = consumer("scan");
+    let (m1, m2, m3, m4) = (
+        MessageId::generate(),
+        MessageId::generate(),
+        MessageId::generate(),
+        MessageId::generate(),
+    );
+    apply(
+        store,
+        &consumer,
+        &[
+            post(&t, "sc-a", 1, m1, "bo", "one"),
+            post(&t, "sc-b", 2, m2, "ada", "two"),
+            reply(&t, "sc-b", 3, m3, m2, "bo"),
+            delete(&t, "sc-b", 4, m2, "ada"),
+        ],
+    )
+    .await;
+    apply(
+        store,
+        &consumer,
+        &[post(&other, "sc-a", 5, m4, "bo", "elsewhere")],
+    )
+    .await;
+    let mut want = vec![m1, m2, m3];
+    want.sort_by_key(|m| m.to_string());
+    let mut got = Vec::new();
+    let mut after: Option<MessageId> = None;
+    loop {
+        let page = store.scan_messages(&t, after.as_ref(), 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2, "the limit is kept");
+        after = page.last().map(|m| m.id);
+        got.extend(page);
+    }
+    let got_ids: Vec<MessageId> = got.iter().map(|m| m.id).collect();
+    assert_eq!(got_ids, want, "every message of the tenant once, in id order");
+    let deleted = got.iter().find(|m| m.id == m2).unwrap();
+    assert!(deleted.deleted_at.is_some(), "soft-deleted ones are scanned too");
+    let replied = got.iter().find(|m| m.id == m3).unwrap();
+    assert_eq!(replied.parent_id, Some(m2), "replies are scanned too");
+
+    let mut mine = store
+        .member_conversation_ids(&t, &uid("bo"))
+        .await
+        .unwrap();
+    mine.sort();
+    let mine: Vec<&str> = mine.iter().map(|c| c.as_str()).collect();
+    assert_eq!(mine, ["sc-a", "sc-b"], "bo's conversations in this tenant only");
+    store
+        .remove_member(&t, &cid("sc-b"), &uid("bo"))
+        .await
+        .unwrap();
+    let after_leave = store
+        .member_conversation_ids(&t, &uid("bo"))
+        .await
+        .unwrap();
+    assert_eq!(after_leave, vec![cid("sc-a")], "a member who left is not one");
+    assert!(
+        store
+            .member_conversation_ids(&t, &uid("nobody"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn walk_user(store: &dyn Store, t: &TenantId, user: &str) -> BTreeSet<String> {
