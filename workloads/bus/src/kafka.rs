@@ -307,6 +307,10 @@ impl Bus for KafkaBus {
         }))
     }
 
+    async fn ensure_topics(&self, topics: &[&str]) -> Result<()> {
+        KafkaBus::ensure_topics(self, topics).await
+    }
+
     async fn ping(&self) -> Result<()> {
         // One known topic keeps the answer small on a large cluster; any answer proves a broker.
         let topic = self

@@ -30,6 +30,20 @@ use std::time::Duration;
 pub mod topics {
     /// Every conversation event, keyed by conversation id.
     pub const CONVERSATION_EVENTS: &str = "conversation-events";
+    /// Notification events of the pipeline (`message`, `mention`), keyed by conversation id;
+    /// read by the webhook deliverer.
+    pub const NOTIFICATIONS: &str = "notifications";
+    /// Records the pipeline gave up on, with the reason, stage and attempts as headers (the
+    /// store keeps the same as dead-letter records for the admin API).
+    pub const DEAD_LETTERS: &str = "dead-letters";
+    /// Prefix of the pipeline's retry topics: `pipeline-retry-1`, `pipeline-retry-2`, ... (one
+    /// per configured delay, see [`retry`]).
+    pub const RETRY_PREFIX: &str = "pipeline-retry-";
+
+    /// The name of the `level`-th retry topic (1-based).
+    pub fn retry(level: usize) -> String {
+        format!("{RETRY_PREFIX}{level}")
+    }
 }
 
 pub type Result<T, E = BusError> = std::result::Result<T, E>;
@@ -109,6 +123,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn housekeeping(&self, retention: Duration) -> Result<usize> {
         let _ = retention;
         Ok(0)
+    }
+
+    /// Makes sure `topics` exist before they are used (Kafka: created through the admin API
+    /// when `createTopics`, else checked). Topics of the embedded log exist on first publish,
+    /// so the default does nothing.
+    async fn ensure_topics(&self, topics: &[&str]) -> Result<()> {
+        let _ = topics;
+        Ok(())
     }
 }
 

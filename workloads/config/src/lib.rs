@@ -282,12 +282,24 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct PipelineConfig {
-    /// Consumer group of the persistence consumer.
+    /// Consumer group of the pipeline; its webhook deliverer and retry consumers use this
+    /// name with `-webhooks` and `-retry-<n>` appended.
     pub group_id: String,
     /// Largest batch written to the store at once.
     pub batch_max_events: usize,
     /// Longest a partial batch waits for more events.
     pub batch_linger_ms: u64,
+    /// Delay of each retry topic, in order: a record failing with a transient error for the
+    /// n-th time waits `retryDelaysMs[n-1]` (the last one for every later attempt) in the n-th
+    /// retry topic (`pipeline-retry-<n>`) before it is tried again.
+    pub retry_delays_ms: Vec<u64>,
+    /// While the store (or the log) refuses writes the pipeline stops consuming and probes it,
+    /// waiting from `breakerMinBackoffMs` doubling to `breakerMaxBackoffMs` between probes.
+    pub breaker_min_backoff_ms: u64,
+    pub breaker_max_backoff_ms: u64,
+    /// Publish `message` and `mention` events to the notifications topic.
+    pub notifications: bool,
+    pub webhook: WebhookConfig,
 }
 
 impl Default for PipelineConfig {
@@ -296,6 +308,38 @@ impl Default for PipelineConfig {
             group_id: "caas-pipeline".into(),
             batch_max_events: 1_000,
             batch_linger_ms: 5,
+            retry_delays_ms: vec![60_000, 120_000, 240_000],
+            breaker_min_backoff_ms: 100,
+            breaker_max_backoff_ms: 5_000,
+            notifications: true,
+            webhook: WebhookConfig::default(),
+        }
+    }
+}
+
+/// Delivery of notification events to tenant webhooks (each tenant's URL and secret are set
+/// through the admin API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookConfig {
+    /// Run the webhook deliverer in `caas pipeline`.
+    pub enabled: bool,
+    /// Attempts of one delivery (the first included) before it becomes a dead letter; the
+    /// waits between them are `pipeline.retryDelaysMs`.
+    pub max_attempts: u32,
+    /// Bound of one HTTP attempt.
+    pub timeout_ms: u64,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_attempts: 4,
+            timeout_ms: 10_000,
+            concurrency: 32,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The tenant admin API (`/admin/v1`, internal port, admin bearer token): what the operator and
 //! platform staff call. Create, update (idempotent `PUT`), suspend, resume and delete tenants;
 //! quotas and features; credentials (generated here, or registered by the operator, which keeps
-//! the secret in a Kubernetes Secret); revoking a user's tokens; the audit trail. Every change
-//! is audited with actor `admin`.
+//! the secret in a Kubernetes Secret); revoking a user's tokens; the audit trail; tenant
+//! webhooks (where the pipeline posts a tenant's notification events); the pipeline's dead
+//! letters (list, inspect, replay to the original topic, discard). Every change is audited with
+//! actor `admin`.
 
 use crate::state::{Admin, AppState};
 use axum::Router;
@@ -38,6 +40,20 @@ pub fn router() -> Router<AppState> {
             post(revoke_user),
         )
         .route("/admin/v1/audit", get(list_audit))
+        .route(
+            "/admin/v1/tenants/{tenant_id}/webhook",
+            get(get_webhook).put(put_webhook).delete(delete_webhook),
+        )
+        .route("/admin/v1/dead-letters", get(list_dead_letters))
+        .route("/admin/v1/dead-letters/{id}", get(get_dead_letter))
+        .route(
+            "/admin/v1/dead-letters/{id}/replay",
+            post(replay_dead_letter),
+        )
+        .route(
+            "/admin/v1/dead-letters/{id}/discard",
+            post(discard_dead_letter),
+        )
 }
 
 #[derive(Debug, Deserialize)]
@@ -535,4 +551,281 @@ async fn list_audit(
         entries,
         next_before,
     }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tenant webhooks.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutWebhook {
+    url: String,
+    /// The signing secret; generated (and shown once) when omitted.
+    #[serde(default)]
+    secret: Option<String>,
+    /// `message`, `mention`; empty or omitted: all.
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+/// A webhook as the admin API shows it: the secret only when it was just generated.
+#[derive(Debug, Serialize)]
+struct WebhookView {
+    tenant_id: TenantId,
+    url: String,
+    events: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+impl WebhookView {
+    fn of(w: caas_store::TenantWebhook, show_secret: bool) -> Self {
+        Self {
+            tenant_id: w.tenant_id,
+            url: w.url,
+            events: w.events,
+            secret: show_secret.then_some(w.secret),
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+/// Sets the tenant's webhook: `url` (http or https), `secret` (16-256 characters; generated
+/// when omitted and then shown in this answer only), `events`.
+async fn put_webhook(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<TenantId>,
+    Json(req): Json<PutWebhook>,
+) -> Result<(StatusCode, Json<WebhookView>), ApiError> {
+    s.store
+        .get_tenant(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("tenant"))?;
+    let url = req.url.trim().to_string();
+    if url.len() > 2048
+        || !(url.starts_with("https://") || url.starts_with("http://"))
+        || url.contains(char::is_whitespace)
+    {
+        return Err(ApiError::invalid(
+            "url must be an http:// or https:// URL of at most 2048 characters",
+        ));
+    }
+    for e in &req.events {
+        if e != "message" && e != "mention" {
+            return Err(ApiError::invalid(format!(
+                "unknown webhook event {e:?} (message, mention)"
+            )));
+        }
+    }
+    let generated = req.secret.is_none();
+    let secret = match req.secret {
+        Some(x) if (16..=256).contains(&x.len()) => x,
+        Some(_) => return Err(ApiError::invalid("secret must be 16-256 characters")),
+        None => random::secret("whsec_"),
+    };
+    let existing = s.store.get_webhook(&id).await?;
+    let t = now();
+    let mut events = req.events;
+    events.sort();
+    events.dedup();
+    let hook = caas_store::TenantWebhook {
+        tenant_id: id.clone(),
+        url,
+        secret,
+        events,
+        created_at: existing.as_ref().map(|w| w.created_at).unwrap_or(t),
+        updated_at: t,
+    };
+    s.store.put_webhook(&hook).await?;
+    s.audit(
+        &id,
+        "admin",
+        "webhook.put",
+        format!("tenant:{id}/webhook"),
+        serde_json::json!({"url": hook.url, "events": hook.events, "secret_generated": generated}),
+    )
+    .await;
+    let code = if existing.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((code, Json(WebhookView::of(hook, generated))))
+}
+
+async fn get_webhook(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<TenantId>,
+) -> Result<Json<WebhookView>, ApiError> {
+    let hook = s
+        .store
+        .get_webhook(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    Ok(Json(WebhookView::of(hook, false)))
+}
+
+async fn delete_webhook(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<TenantId>,
+) -> Result<StatusCode, ApiError> {
+    match s.store.delete_webhook(&id).await {
+        Ok(()) => {
+            s.audit(
+                &id,
+                "admin",
+                "webhook.delete",
+                format!("tenant:{id}/webhook"),
+                serde_json::json!({}),
+            )
+            .await;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(caas_store::StoreError::NotFound) => Err(ApiError::not_found("webhook")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dead letters of the pipeline.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterListQuery {
+    tenant_id: Option<TenantId>,
+    /// `pending` (default), `replayed`, `discarded` or `all`.
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct DeadLetterPage {
+    dead_letters: Vec<caas_store::DeadLetter>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+/// Dead letters, oldest first; `tenant_id`, `status` (default `pending`), `after`, `limit`.
+async fn list_dead_letters(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Query(q): Query<DeadLetterListQuery>,
+) -> Result<Json<DeadLetterPage>, ApiError> {
+    use caas_store::DeadLetterStatus;
+    let status = match q.status.as_deref() {
+        None => Some(DeadLetterStatus::Pending),
+        Some("all") => None,
+        Some(x) => Some(DeadLetterStatus::parse(x).ok_or_else(|| {
+            ApiError::invalid("status is one of pending, replayed, discarded, all")
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let dead_letters = s
+        .store
+        .list_dead_letters(&caas_store::DeadLetterQuery {
+            tenant: q.tenant_id,
+            status,
+            after: q.after,
+            limit,
+        })
+        .await?;
+    let next_after = (dead_letters.len() as u32 == limit)
+        .then(|| dead_letters.last().map(|d| d.id.clone()))
+        .flatten();
+    Ok(Json(DeadLetterPage {
+        dead_letters,
+        next_after,
+    }))
+}
+
+async fn get_dead_letter(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<caas_store::DeadLetter>, ApiError> {
+    Ok(Json(
+        s.store
+            .get_dead_letter(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("dead letter"))?,
+    ))
+}
+
+fn resolve_error(e: caas_pipeline::dead_letter::ResolveError) -> ApiError {
+    use caas_pipeline::dead_letter::ResolveError as R;
+    match e {
+        R::NotFound => ApiError::not_found("dead letter"),
+        R::NotPending(_) => ApiError::new(ErrorCode::Conflict, e.to_string()),
+        R::BadPayload(_) => ApiError::new(ErrorCode::Internal, e.to_string()),
+        R::Store(e) => e.into(),
+        R::Bus(e) => e.into(),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Replayed {
+    dead_letter: caas_store::DeadLetter,
+    /// Where the record was published again.
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// Publishes a pending dead letter's record again to its original topic (after the cause was
+/// fixed: a tenant resumed, a member added, a webhook repaired) and marks it replayed.
+async fn replay_dead_letter(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<Replayed>, ApiError> {
+    let (dl, pos) = caas_pipeline::dead_letter::replay(s.store.as_ref(), s.bus.as_ref(), &id)
+        .await
+        .map_err(resolve_error)?;
+    if let Some(t) = &dl.tenant_id {
+        s.audit(
+            t,
+            "admin",
+            "dead_letter.replay",
+            format!("dead_letter:{id}"),
+            serde_json::json!({"topic": dl.topic, "partition": pos.partition, "offset": pos.offset}),
+        )
+        .await;
+    }
+    Ok(Json(Replayed {
+        topic: dl.topic.clone(),
+        dead_letter: dl,
+        partition: pos.partition,
+        offset: pos.offset,
+    }))
+}
+
+/// Marks a pending dead letter discarded (it stays listed under `status=discarded`).
+async fn discard_dead_letter(
+    State(s): State<AppState>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> Result<Json<caas_store::DeadLetter>, ApiError> {
+    let dl = caas_pipeline::dead_letter::discard(s.store.as_ref(), &id)
+        .await
+        .map_err(resolve_error)?;
+    if let Some(t) = &dl.tenant_id {
+        s.audit(
+            t,
+            "admin",
+            "dead_letter.discard",
+            format!("dead_letter:{id}"),
+            serde_json::json!({}),
+        )
+        .await;
+    }
+    Ok(Json(dl))
 }

@@ -9,7 +9,9 @@ use caas_config::PipelineConfig;
 use caas_domain::event::{
     ConversationEvent, MessageCreated, MessageDeleted, MessageUpdated, SCHEMA_VERSION,
 };
-use caas_domain::model::{Conversation, ConversationKind, Member, Role};
+use caas_domain::model::{
+    Conversation, ConversationKind, Member, Quotas, Role, Tenant, TenantStatus,
+};
 use caas_domain::{ConversationId, MessageId, TenantId, UserId};
 use caas_kit::metrics::Metrics;
 use caas_pipeline::{PipelineHealth, PipelineMetrics};
@@ -26,6 +28,18 @@ fn t() -> TenantId {
 
 async fn setup(store: &SqliteStore, conv: &ConversationId, users: &[&str]) {
     let now = OffsetDateTime::now_utc();
+    store
+        .create_tenant(&Tenant {
+            id: t(),
+            name: "Acme".into(),
+            status: TenantStatus::Active,
+            quotas: Quotas::default(),
+            features: vec![],
+            created_at: now,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
     let c = Conversation {
         tenant_id: t(),
         id: conv.clone(),

@@ -10,8 +10,11 @@
 //! - message order is the log position, never a timestamp.
 
 pub mod mongo;
+pub mod pipeline;
 pub mod sqlite;
 pub mod suite;
+
+pub use pipeline::{DeadLetter, DeadLetterQuery, DeadLetterStatus, PayloadEncoding, TenantWebhook};
 
 use async_trait::async_trait;
 use caas_domain::event::ConversationEvent;
@@ -282,6 +285,18 @@ pub trait Store: Send + Sync + 'static {
         before: Option<&str>,
         limit: u32,
     ) -> Result<Vec<AuditEntry>>;
+
+    // The pipeline's records (see [`pipeline`]).
+    /// Inserts a dead letter, or replaces the one with its id.
+    async fn put_dead_letter(&self, dead_letter: &DeadLetter) -> Result<()>;
+    async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>>;
+    /// Oldest first (by `created_at`, then id), filtered by tenant and status.
+    async fn list_dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>>;
+    /// Inserts or replaces the tenant's webhook.
+    async fn put_webhook(&self, webhook: &TenantWebhook) -> Result<()>;
+    async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<TenantWebhook>>;
+    /// `NotFound` if the tenant has none.
+    async fn delete_webhook(&self, tenant: &TenantId) -> Result<()>;
 }
 
 pub type DynStore = Arc<dyn Store>;

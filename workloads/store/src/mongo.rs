@@ -33,6 +33,7 @@ use crate::{
     Result, Store, StoreError, Thread, decode_conversation_cursor, encode_conversation_cursor,
     from_millis, to_millis,
 };
+use crate::{DeadLetter, DeadLetterQuery, TenantWebhook};
 use async_trait::async_trait;
 use caas_domain::event::{
     ConversationEvent, MessageCreated, MessageDeleted, MessageUpdated, ReactionChanged,
@@ -116,7 +117,39 @@ impl MongoStore {
             db,
         };
         store.create_indexes().await?;
+        store.create_pipeline_indexes().await?;
         Ok(store)
+    }
+
+    /// Collections of the pipeline's records ([`crate::pipeline`]): documents keep the record as
+    /// a JSON string (`doc`) next to the fields they are queried by.
+    fn dead_letters(&self) -> Collection<Document> {
+        // No underscore: one test server (nx-27017) fails every write to such a collection.
+        self.db.collection("deadletters")
+    }
+
+    fn webhooks(&self) -> Collection<Document> {
+        self.db.collection("webhooks")
+    }
+
+    async fn create_pipeline_indexes(&self) -> Result<()> {
+        let index = |keys: Document, name: &str| {
+            IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().name(name.to_string()).build())
+                .build()
+        };
+        self.dead_letters()
+            .create_indexes([
+                index(doc! {"created_ms": 1, "id": 1}, "created_id"),
+                index(
+                    doc! {"tenant_id": 1, "created_ms": 1, "id": 1},
+                    "tenant_created_id",
+                ),
+            ])
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     async fn create_indexes(&self) -> Result<()> {
@@ -1257,6 +1290,8 @@ impl Store for MongoStore {
             &self.conversations,
             &self.users,
             &self.credentials,
+            &self.webhooks(),
+            &self.dead_letters(),
         ] {
             coll.delete_many(filter.clone()).await.map_err(db_err)?;
         }
@@ -2137,5 +2172,115 @@ impl Store for MongoStore {
         .iter()
         .map(audit_from)
         .collect()
+    }
+    async fn put_dead_letter(&self, dead_letter: &DeadLetter) -> Result<()> {
+        let json = serde_json::to_string(dead_letter).map_err(internal)?;
+        let tenant = match &dead_letter.tenant_id {
+            Some(t) => Bson::String(t.to_string()),
+            None => Bson::Null,
+        };
+        self.dead_letters()
+            .update_one(
+                doc! {"_id": dead_letter.id.as_str()},
+                doc! {"$set": {
+                    "id": dead_letter.id.as_str(),
+                    "tenant_id": tenant,
+                    "status": dead_letter.status.as_str(),
+                    "created_ms": to_millis(dead_letter.created_at),
+                    "doc": json,
+                }},
+            )
+            .upsert(true)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>> {
+        self.dead_letters()
+            .find_one(doc! {"_id": id})
+            .await
+            .map_err(db_err)?
+            .map(|d| serde_json::from_str(R(&d).str("doc")?).map_err(internal))
+            .transpose()
+    }
+
+    async fn list_dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! {};
+        if let Some(t) = &query.tenant {
+            filter.insert("tenant_id", t.as_str());
+        }
+        if let Some(s) = query.status {
+            filter.insert("status", s.as_str());
+        }
+        if let Some(id) = &query.after {
+            let Some(cursor) = self
+                .dead_letters()
+                .find_one(doc! {"_id": id.as_str()})
+                .projection(doc! {"created_ms": 1})
+                .await
+                .map_err(db_err)?
+            else {
+                // An unknown cursor: nothing is after it (never restart from the top).
+                return Ok(Vec::new());
+            };
+            let ms = R(&cursor).i64("created_ms")?;
+            filter.insert(
+                "$or",
+                vec![
+                    doc! {"created_ms": {"$gt": ms}},
+                    doc! {"created_ms": ms, "id": {"$gt": id.as_str()}},
+                ],
+            );
+        }
+        self.find_all(
+            &self.dead_letters(),
+            filter,
+            Some(doc! {"created_ms": 1, "id": 1}),
+            Some(limit_of(query.limit)),
+        )
+        .await?
+        .iter()
+        .map(|d| serde_json::from_str(R(d).str("doc")?).map_err(internal))
+        .collect()
+    }
+
+    async fn put_webhook(&self, webhook: &TenantWebhook) -> Result<()> {
+        let json = serde_json::to_string(webhook).map_err(internal)?;
+        let t = webhook.tenant_id.as_str();
+        self.webhooks()
+            .update_one(
+                doc! {"_id": t},
+                doc! {"$set": {"tenant_id": t, "doc": json}},
+            )
+            .upsert(true)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<TenantWebhook>> {
+        self.webhooks()
+            .find_one(doc! {"_id": tenant.as_str()})
+            .await
+            .map_err(db_err)?
+            .map(|d| serde_json::from_str(R(&d).str("doc")?).map_err(internal))
+            .transpose()
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId) -> Result<()> {
+        let r = self
+            .webhooks()
+            .delete_one(doc! {"_id": tenant.as_str()})
+            .await
+            .map_err(db_err)?;
+        if r.deleted_count == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
     }
 }

@@ -15,6 +15,7 @@ use crate::{
     Result, Store, StoreError, Thread, decode_conversation_cursor, encode_conversation_cursor,
     from_millis, to_millis,
 };
+use crate::{DeadLetter, DeadLetterQuery, TenantWebhook};
 use async_trait::async_trait;
 use caas_domain::event::ConversationEvent;
 use caas_domain::model::{
@@ -63,6 +64,16 @@ CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, tenant_id TEXT NOT NULL,
     doc TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit(tenant_id, seq);
+";
+
+/// Tables of the pipeline's records ([`crate::pipeline`]).
+const PIPELINE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id TEXT PRIMARY KEY, tenant_id TEXT, status TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    doc TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters(created_ms, id);
+CREATE INDEX IF NOT EXISTS dead_letters_by_tenant ON dead_letters(tenant_id, created_ms, id);
+CREATE TABLE IF NOT EXISTS webhooks (tenant_id TEXT PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;
 ";
 
 /// The embedded store. Cheap to clone.
@@ -157,6 +168,7 @@ impl SqliteStore {
         }
         let writer = open_conn(path).map_err(sql)?;
         writer.execute_batch(SCHEMA).map_err(sql)?;
+        writer.execute_batch(PIPELINE_SCHEMA).map_err(sql)?;
         let readers = (0..READERS)
             .map(|_| open_conn(path).map(Mutex::new))
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -569,6 +581,8 @@ impl Store for SqliteStore {
                 "conversations",
                 "members",
                 "messages",
+                "webhooks",
+                "dead_letters",
             ] {
                 tx.execute(&format!("DELETE FROM {table} WHERE tenant_id = ?1"), [&id])
                     .map_err(sql)?;
@@ -1295,6 +1309,101 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(sql)?;
             rows.iter().map(|d| from_json(d)).collect()
+        })
+        .await
+    }
+    async fn put_dead_letter(&self, dead_letter: &DeadLetter) -> Result<()> {
+        let (id, t, status, created, doc) = (
+            dead_letter.id.clone(),
+            dead_letter.tenant_id.as_ref().map(|t| t.to_string()),
+            dead_letter.status.as_str(),
+            to_millis(dead_letter.created_at),
+            to_json(dead_letter)?,
+        );
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO dead_letters (id, tenant_id, status, created_ms, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET tenant_id = ?2, status = ?3, created_ms = ?4, doc = ?5",
+                params![id, t, status, created, doc],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_dead_letter(&self, id: &str) -> Result<Option<DeadLetter>> {
+        let id = id.to_string();
+        self.read(move |c| query_doc(c, "SELECT doc FROM dead_letters WHERE id = ?1", [id]))
+            .await
+    }
+
+    async fn list_dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>> {
+        let t = query.tenant.as_ref().map(|t| t.to_string());
+        let status = query.status.map(|s| s.as_str());
+        let (after, limit) = (query.after.clone(), query.limit);
+        self.read(move |c| {
+            let (after_ms, after_id) = match after {
+                Some(id) => {
+                    let ms: Option<i64> = c
+                        .query_row(
+                            "SELECT created_ms FROM dead_letters WHERE id = ?1",
+                            [&id],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(sql)?;
+                    match ms {
+                        Some(ms) => (ms, id),
+                        // An unknown cursor: nothing is after it (never restart from the top).
+                        None => return Ok(Vec::new()),
+                    }
+                }
+                None => (i64::MIN, String::new()),
+            };
+            query_docs(
+                c,
+                "SELECT doc FROM dead_letters
+                 WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 IS NULL OR status = ?2)
+                   AND (created_ms, id) > (?3, ?4)
+                 ORDER BY created_ms, id LIMIT ?5",
+                params![t, status, after_ms, after_id, limit],
+            )
+        })
+        .await
+    }
+
+    async fn put_webhook(&self, webhook: &TenantWebhook) -> Result<()> {
+        let (t, doc) = (webhook.tenant_id.to_string(), to_json(webhook)?);
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO webhooks (tenant_id, doc) VALUES (?1, ?2)
+                 ON CONFLICT(tenant_id) DO UPDATE SET doc = ?2",
+                params![t, doc],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_webhook(&self, tenant: &TenantId) -> Result<Option<TenantWebhook>> {
+        let t = tenant.to_string();
+        self.read(move |c| query_doc(c, "SELECT doc FROM webhooks WHERE tenant_id = ?1", [t]))
+            .await
+    }
+
+    async fn delete_webhook(&self, tenant: &TenantId) -> Result<()> {
+        let t = tenant.to_string();
+        self.write(move |c| {
+            match c
+                .execute("DELETE FROM webhooks WHERE tenant_id = ?1", [t])
+                .map_err(sql)?
+            {
+                0 => Err(StoreError::NotFound),
+                _ => Ok(()),
+            }
         })
         .await
     }

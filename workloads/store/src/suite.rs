@@ -47,6 +47,8 @@ pub async fn run_all(store: &dyn Store) {
     search_scans(store).await;
     progress(store).await;
     audit(store).await;
+    dead_letters(store).await;
+    webhooks(store).await;
     delete_tenant(store).await;
 }
 
@@ -2118,4 +2120,189 @@ pub async fn delete_tenant(store: &dyn Store) {
     assert_eq!(unread(store, &kept, "home", "oli").await, 1);
     assert_eq!(store.list_credentials(&kept).await.unwrap().len(), 1);
     assert_eq!(walk_user(store, &kept, "nia").await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pipeline's records.
+
+fn a_dead_letter(t: Option<&TenantId>, id: &str, created: i64) -> crate::DeadLetter {
+    crate::DeadLetter {
+        id: id.into(),
+        tenant_id: t.cloned(),
+        stage: "authorize".into(),
+        code: "not_member".into(),
+        reason: "the sender is not a member".into(),
+        attempts: 1,
+        topic: "conversation-events".into(),
+        source_topic: "conversation-events".into(),
+        partition: 3,
+        offset: created,
+        key: "dl-room".into(),
+        event_type: Some("message.created".into()),
+        payload: "{\"not\": \"an event\"}".into(),
+        payload_encoding: crate::PayloadEncoding::Utf8,
+        headers: vec![("x-correlation-id".into(), "corr-1".into())],
+        status: crate::DeadLetterStatus::Pending,
+        created_at: at(created),
+        updated_at: at(created),
+    }
+}
+
+/// Dead letters: written again by id (a replay after a crash) they stay one; listed oldest
+/// first per tenant and status, paged by id; status changes stick; tenants never mix.
+pub async fn dead_letters(store: &dyn Store) {
+    use crate::{DeadLetterQuery, DeadLetterStatus};
+    let t = tid("dl");
+    let other = tid("dl-other");
+    let ids: Vec<String> = (0..5).map(|i| format!("dl-{}-{i}", unique())).collect();
+    // Written out of order; created_at decides the order, the id breaks ties.
+    for (i, id) in ids.iter().enumerate().rev() {
+        store
+            .put_dead_letter(&a_dead_letter(Some(&t), id, (i as i64) / 2))
+            .await
+            .unwrap();
+    }
+    let foreign = format!("dl-{}-x", unique());
+    store
+        .put_dead_letter(&a_dead_letter(Some(&other), &foreign, 0))
+        .await
+        .unwrap();
+    let orphan = format!("dl-{}-orphan", unique());
+    store
+        .put_dead_letter(&a_dead_letter(None, &orphan, 0))
+        .await
+        .unwrap();
+    // Written twice: still one.
+    store
+        .put_dead_letter(&a_dead_letter(Some(&t), &ids[0], 0))
+        .await
+        .unwrap();
+
+    let q = |after: Option<String>, limit: u32, status: Option<DeadLetterStatus>| DeadLetterQuery {
+        tenant: Some(t.clone()),
+        status,
+        after,
+        limit,
+    };
+    let mut expected = ids.clone();
+    expected.sort_by_key(|id| {
+        let i = ids.iter().position(|x| x == id).unwrap();
+        ((i as i64) / 2, id.clone())
+    });
+    let all = store.list_dead_letters(&q(None, 100, None)).await.unwrap();
+    let got: Vec<String> = all.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(got, expected, "oldest first, id breaks ties, one per id");
+    assert_eq!(all[0], {
+        let mut d = a_dead_letter(Some(&t), &all[0].id, all[0].offset);
+        d.created_at = all[0].created_at;
+        d.updated_at = all[0].updated_at;
+        d
+    });
+    // Paging by id.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_dead_letters(&q(after.clone(), 2, None))
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        paged.extend(page.into_iter().map(|d| d.id));
+    }
+    assert_eq!(paged, expected, "pages walk the same order");
+    assert!(
+        store
+            .list_dead_letters(&q(Some("dl-no-such".into()), 10, None))
+            .await
+            .unwrap()
+            .is_empty(),
+        "an unknown cursor starts nowhere"
+    );
+    // Status changes.
+    let mut d = store.get_dead_letter(&ids[2]).await.unwrap().unwrap();
+    d.status = DeadLetterStatus::Replayed;
+    d.attempts = 4;
+    d.updated_at = at(99);
+    store.put_dead_letter(&d).await.unwrap();
+    assert_eq!(store.get_dead_letter(&ids[2]).await.unwrap().unwrap(), d);
+    let pending = store
+        .list_dead_letters(&q(None, 100, Some(DeadLetterStatus::Pending)))
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 4);
+    assert!(pending.iter().all(|x| x.id != ids[2]));
+    let replayed = store
+        .list_dead_letters(&q(None, 100, Some(DeadLetterStatus::Replayed)))
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 1);
+    // Isolation, and records without a tenant.
+    let theirs = store
+        .list_dead_letters(&DeadLetterQuery {
+            tenant: Some(other.clone()),
+            limit: 100,
+            ..DeadLetterQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].id, foreign);
+    let o = store.get_dead_letter(&orphan).await.unwrap().unwrap();
+    assert_eq!(o.tenant_id, None);
+    assert!(store.get_dead_letter("dl-missing").await.unwrap().is_none());
+    assert!(
+        store
+            .list_dead_letters(&DeadLetterQuery {
+                limit: 0,
+                ..DeadLetterQuery::default()
+            })
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Deleting a tenant deletes its dead letters.
+    store.create_tenant(&a_tenant(&other)).await.unwrap();
+    store.delete_tenant(&other).await.unwrap();
+    assert!(store.get_dead_letter(&foreign).await.unwrap().is_none());
+}
+
+/// Tenant webhooks: one per tenant, replaced by a put, deleted once, gone with the tenant.
+pub async fn webhooks(store: &dyn Store) {
+    let t = tid("wh");
+    let other = tid("wh-other");
+    let hook = |t: &TenantId, url: &str| crate::TenantWebhook {
+        tenant_id: t.clone(),
+        url: url.into(),
+        secret: "whsec_0123456789abcdef".into(),
+        events: vec!["mention".into()],
+        created_at: at(1),
+        updated_at: at(2),
+    };
+    assert!(store.get_webhook(&t).await.unwrap().is_none());
+    store
+        .put_webhook(&hook(&t, "http://a.example/hook"))
+        .await
+        .unwrap();
+    store
+        .put_webhook(&hook(&t, "http://b.example/hook"))
+        .await
+        .unwrap();
+    store
+        .put_webhook(&hook(&other, "http://o.example/hook"))
+        .await
+        .unwrap();
+    let got = store.get_webhook(&t).await.unwrap().unwrap();
+    assert_eq!(got, hook(&t, "http://b.example/hook"));
+    assert!(got.wants("mention") && !got.wants("message"));
+    store.delete_webhook(&t).await.unwrap();
+    assert!(store.get_webhook(&t).await.unwrap().is_none());
+    assert!(matches!(
+        store.delete_webhook(&t).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(store.get_webhook(&other).await.unwrap().is_some());
+    store.create_tenant(&a_tenant(&other)).await.unwrap();
+    store.delete_tenant(&other).await.unwrap();
+    assert!(store.get_webhook(&other).await.unwrap().is_none());
 }
