@@ -11,7 +11,8 @@
 #    ~/.cache/caas-target), then every executable scripts/checks/*.sh.
 # 4. Stops everything it started. On failure the server logs are kept and their path printed.
 #
-# Knobs: CAAS_TEST_START_TIMEOUT (seconds a server may take to listen, default 60).
+# Knobs: CAAS_TEST_START_TIMEOUT (seconds a server may take to listen, default 60);
+# CAAS_TEST_CMD (run that command instead of the suite, with the servers up: development).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -228,6 +229,14 @@ log "CAAS_TEST_KAFKA_BROKERS=$CAAS_TEST_KAFKA_BROKERS"
 
 cd "$ROOT"
 started=$SECONDS
+if [ -n "${CAAS_TEST_CMD:-}" ]; then
+    # For development: run one command with the servers up, e.g.
+    # CAAS_TEST_CMD="cargo test -p caas-bus" scripts/test.sh
+    log "running: $CAAS_TEST_CMD"
+    bash -c "$CAAS_TEST_CMD"
+    log "done in $((SECONDS - started))s"
+    exit 0
+fi
 log "cargo test --workspace --all-targets --no-fail-fast $* (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
 cargo test --workspace --all-targets --no-fail-fast "$@"
 log "cargo test passed in $((SECONDS - started))s"

@@ -13,7 +13,9 @@
 //! has committed and that are older than the retention (so realtime clients can still resume
 //! from recent positions).
 
-use crate::{Bus, BusError, Consumer, Delivery, LogPosition, Record, Result, partition_for};
+use crate::{
+    Bus, BusError, Consumer, Delivery, LogPosition, Reader, Record, Result, partition_for,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -411,6 +413,36 @@ impl Bus for EmbeddedLog {
         }))
     }
 
+    async fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64> {
+        let head = self.high_watermark(topic, partition).await?;
+        let first: Option<i64> = self
+            .inner
+            .reader
+            .lock()
+            .query_row(
+                "SELECT min(offset) FROM records WHERE topic = ?1 AND partition = ?2",
+                params![topic, partition],
+                |r| r.get(0),
+            )
+            .map_err(sqlerr)?;
+        Ok(first.unwrap_or(head))
+    }
+
+    async fn reader(&self, topic: &str, from: &[(i32, i64)]) -> Result<Box<dyn Reader>> {
+        let conn = open_conn(&self.inner.path).map_err(sqlerr)?;
+        let next = from
+            .iter()
+            .map(|(p, o)| ((topic.to_string(), *p), (*o).max(0)))
+            .collect();
+        Ok(Box::new(EmbeddedConsumer {
+            log: self.clone(),
+            group: String::new(),
+            conn: Arc::new(Mutex::new(conn)),
+            next,
+            version: self.inner.version.clone(),
+        }))
+    }
+
     async fn ping(&self) -> Result<()> {
         let conn = &self.inner.reader;
         conn.lock()
@@ -492,6 +524,25 @@ impl EmbeddedConsumer {
             *n = (*n).max(d.offset + 1);
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl Reader for EmbeddedConsumer {
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.version.borrow_and_update();
+        let out = self.read(max).await?;
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        if tokio::time::timeout(wait.max(Duration::from_millis(1)), self.version.changed())
+            .await
+            .is_ok_and(|r| r.is_err())
+        {
+            return Err(BusError::Unavailable("log closed".into()));
+        }
+        self.version.borrow_and_update();
+        self.read(max).await
     }
 }
 
@@ -709,4 +760,34 @@ mod tests {
                 .is_empty()
         );
     }
+
+    #[tokio::test]
+    async fn a_reader_starts_where_asked_and_follows_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(dir.path().join("log.db"), 1).unwrap();
+        for i in 0..5 {
+            log.publish("t", rec("k", i)).await.unwrap();
+        }
+        assert_eq!(log.low_watermark("t", 0).await.unwrap(), 0);
+        let mut r = log.reader("t", &[(0, 3)]).await.unwrap();
+        let got = r.next_batch(10, Duration::from_millis(5)).await.unwrap();
+        assert_eq!(got.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![3, 4]);
+        // Nothing more: an empty poll after linger; then a new record wakes it.
+        assert!(r.next_batch(10, Duration::from_millis(5)).await.unwrap().is_empty());
+        let log2 = log.clone();
+        let waiter = tokio::spawn(async move {
+            let mut r = r;
+            r.next_batch(10, Duration::from_secs(30)).await.unwrap()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log2.publish("t", rec("k", 5)).await.unwrap();
+        let got = waiter.await.unwrap();
+        assert_eq!(got[0].offset, 5);
+        assert_eq!(got[0].payload, Bytes::from("m5"));
+        // A reader commits nothing: a group still starts at the beginning.
+        let mut c = log.consumer("g", &["t"]).await.unwrap();
+        let got = c.next_batch(1, Duration::from_millis(5)).await.unwrap();
+        assert_eq!(got[0].offset, 0);
+    }
+
 }

@@ -20,7 +20,9 @@
 //! guarantees rest on (idempotence, acks, offset store, auto-offset-reset, no auto-creation),
 //! which configuration cannot override.
 
-use crate::{Bus, BusError, Consumer, Delivery, LogPosition, Record, Result, partition_for};
+use crate::{
+    Bus, BusError, Consumer, Delivery, LogPosition, Reader, Record, Result, partition_for,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use caas_config::KafkaConfig;
@@ -221,6 +223,21 @@ impl KafkaBus {
     }
 
     /// The partition count of `topic`, from the cache or else from a metadata round trip.
+    async fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        let producer = self.producer.clone();
+        let physical = self.physical(topic);
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_watermarks(&physical, partition, OP_TIMEOUT)
+        })
+        .await
+        .map_err(|e| BusError::Internal(format!("kafka: watermark task failed: {e}")))?
+        .map_err(|e| {
+            BusError::Unavailable(format!("kafka: watermarks of {topic}/{partition}: {e}"))
+        })
+    }
+
     async fn partition_count(&self, topic: &str) -> Result<u32> {
         if let Some(n) = self.partitions.read().get(topic) {
             return Ok(*n);
@@ -276,20 +293,40 @@ impl Bus for KafkaBus {
     }
 
     async fn high_watermark(&self, topic: &str, partition: i32) -> Result<i64> {
-        let producer = self.producer.clone();
-        let physical = self.physical(topic);
-        let (_, high) = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_watermarks(&physical, partition, OP_TIMEOUT)
-        })
-        .await
-        .map_err(|e| BusError::Internal(format!("kafka: watermark task failed: {e}")))?
-        .map_err(|e| {
-            BusError::Unavailable(format!("kafka: watermarks of {topic}/{partition}: {e}"))
-        })?;
-        Ok(high)
+        Ok(self.watermarks(topic, partition).await?.1)
     }
+
+    async fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64> {
+        Ok(self.watermarks(topic, partition).await?.0)
+    }
+
+    async fn reader(&self, topic: &str, from: &[(i32, i64)]) -> Result<Box<dyn Reader>> {
+        // A group id is only a name here: partitions are assigned, never subscribed, and
+        // nothing is committed, so no group is joined.
+        let group = format!("caas-reader-{}", uuid::Uuid::new_v4());
+        let mut c = consumer_config(&self.cfg, &group);
+        c.set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest");
+        let consumer: StreamConsumer = c
+            .create()
+            .map_err(|e| BusError::Internal(format!("kafka: cannot create reader: {e}")))?;
+        let physical = self.physical(topic);
+        let mut tpl = TopicPartitionList::with_capacity(from.len());
+        for (p, o) in from {
+            tpl.add_partition_offset(&physical, *p, Offset::Offset((*o).max(0)))
+                .map_err(|e| BusError::Internal(format!("kafka: bad reader position: {e}")))?;
+        }
+        consumer
+            .assign(&tpl)
+            .map_err(|e| BusError::Internal(format!("kafka: cannot assign {topic}: {e}")))?;
+        Ok(Box::new(KafkaConsumer {
+            inner: Some(Arc::new(consumer)),
+            prefix: self.cfg.topic_prefix.clone(),
+            group,
+            reader: true,
+        }))
+    }
+
 
     async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>> {
         let consumer: StreamConsumer = consumer_config(&self.cfg, group)
@@ -304,6 +341,7 @@ impl Bus for KafkaBus {
             inner: Some(Arc::new(consumer)),
             prefix: self.cfg.topic_prefix.clone(),
             group: group.to_owned(),
+            reader: false,
         }))
     }
 
@@ -330,6 +368,8 @@ pub struct KafkaConsumer {
     inner: Option<Arc<StreamConsumer>>,
     prefix: String,
     group: String,
+    /// A [`Reader`]: assigned partitions, no group, nothing committed.
+    reader: bool,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -375,6 +415,30 @@ impl KafkaConsumer {
             payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
             headers,
         }
+    }
+}
+
+#[async_trait]
+impl Reader for KafkaConsumer {
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let consumer = self.inner()?;
+        let mut batch = Vec::new();
+        if max == 0 {
+            return Ok(batch);
+        }
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Err(_) => return Ok(batch),
+            Ok(Err(err)) => return Err(consume_error(&self.group, err)),
+            Ok(Ok(m)) => batch.push(self.delivery(&m)),
+        }
+        // What is already fetched, without waiting for more.
+        while batch.len() < max {
+            match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(self.delivery(&m)),
+                _ => break,
+            }
+        }
+        Ok(batch)
     }
 }
 
@@ -450,7 +514,12 @@ impl Consumer for KafkaConsumer {
         let Some(consumer) = self.inner.take() else {
             return Ok(());
         };
+        let reader = self.reader;
         tokio::task::spawn_blocking(move || {
+            if reader {
+                drop(consumer);
+                return Ok(());
+            }
             let committed = commit_stored(&consumer);
             consumer.unsubscribe();
             // Dropping the last handle leaves the group (blocks until the broker answered).

@@ -114,6 +114,17 @@ pub trait Bus: Send + Sync + 'static {
     /// beginning for a new group).
     async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>>;
 
+    /// The first offset of `partition` still in the log: older records were dropped by
+    /// retention. Equal to the high watermark when the partition holds nothing.
+    async fn low_watermark(&self, topic: &str, partition: i32) -> Result<i64>;
+
+    /// A [`Reader`] of `topic` that starts at the given `(partition, next offset)` positions and
+    /// reads only those partitions, outside any consumer group: nothing is committed and no
+    /// group is joined. For fan-out (every socket pod reads everything from "now") and replay
+    /// (a reconnecting client asks for what it missed). A position below the partition's
+    /// [`Bus::low_watermark`] starts at the low watermark: check first when a gap matters.
+    async fn reader(&self, topic: &str, from: &[(i32, i64)]) -> Result<Box<dyn Reader>>;
+
     /// A round trip to the log, for readiness.
     async fn ping(&self) -> Result<()>;
 
@@ -149,6 +160,16 @@ pub trait Consumer: Send {
 
     /// Leaves the group cleanly (commits nothing more).
     async fn close(&mut self) -> Result<()>;
+}
+
+/// Reads partitions from chosen positions, outside any consumer group (see [`Bus::reader`]).
+/// Delivers each partition in order.
+#[async_trait]
+pub trait Reader: Send {
+    /// Waits up to `wait` for a record and returns what is available at that moment, up to
+    /// `max` (empty when `wait` passed with none). Unlike [`Consumer::next_batch`] it never
+    /// lingers to fill a batch: readers serve latency.
+    async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 }
 
 /// The partition of `key` among `partitions`: FNV-1a 64 of the key's bytes, modulo. Stable across

@@ -448,3 +448,35 @@ async fn topics_are_created_once_and_never_auto_created() {
         .expect("existing topic passes without creation");
     assert_eq!(strict.partitions(TOPIC), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_reads_from_a_position_without_a_group() {
+    let (bus, _prefix) = bus(2).await;
+    let key = "conv-reader";
+    let p = partition_for(key, 2);
+    for i in 0..6 {
+        bus.publish(TOPIC, record(key, &format!("m{i}"), &[]))
+            .await
+            .unwrap();
+    }
+    let low = bus.low_watermark(TOPIC, p).await.unwrap();
+    let high = bus.high_watermark(TOPIC, p).await.unwrap();
+    assert_eq!((low, high), (0, 6));
+    let mut reader = bus.reader(TOPIC, &[(p, 4)]).await.unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while got.len() < 2 && Instant::now() < deadline {
+        got.extend(reader.next_batch(10, Duration::from_millis(200)).await.unwrap());
+    }
+    let offsets: Vec<i64> = got.iter().map(|d| d.offset).collect();
+    assert_eq!(offsets, vec![4, 5]);
+    assert_eq!(got[0].payload, Bytes::from("m4"));
+    // It follows what is published next.
+    bus.publish(TOPIC, record(key, "m6", &[])).await.unwrap();
+    let mut more = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while more.is_empty() && Instant::now() < deadline {
+        more.extend(reader.next_batch(10, Duration::from_millis(200)).await.unwrap());
+    }
+    assert_eq!(more[0].offset, 6);
+}

@@ -25,6 +25,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub media: MediaConfig,
     pub search: SearchConfig,
+    pub socket: SocketConfig,
 }
 
 /// Listeners, HTTP protections and shutdown.
@@ -554,5 +555,41 @@ mod tests {
     fn unknown_fields_are_refused() {
         let e = serde_json::from_str::<Config>(r#"{"server":{"lisen":"x"}}"#).unwrap_err();
         assert!(e.to_string().contains("lisen"), "{e}");
+    }
+}
+
+/// The realtime workload (Socket.IO). See docs/realtime.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct SocketConfig {
+    /// Engine.IO ping interval: how often the server checks that a client is alive.
+    pub ping_interval_ms: u64,
+    /// How long the server waits for a pong before it drops the connection.
+    pub ping_timeout_ms: u64,
+    /// Recent log events kept in memory per partition: a client that reconnects with a cursor
+    /// inside this window is caught up from memory, older cursors from the log.
+    pub replay_window: usize,
+    /// Presence: how often a connection's liveness is refreshed, and when an unrefreshed one
+    /// expires (a pod that died without saying goodbye).
+    pub presence_heartbeat_ms: u64,
+    pub presence_ttl_ms: u64,
+    /// On SIGTERM, clients are told to reconnect elsewhere spread over this time (never all at
+    /// once), then disconnected. Keep it below the pod's grace period.
+    pub drain_spread_ms: u64,
+    /// Largest event payload a client may send.
+    pub max_payload_bytes: u64,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            replay_window: 4096,
+            presence_heartbeat_ms: 10_000,
+            presence_ttl_ms: 30_000,
+            drain_spread_ms: 10_000,
+            max_payload_bytes: 64 * 1024,
+        }
     }
 }

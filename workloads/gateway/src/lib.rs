@@ -13,6 +13,7 @@ pub mod admin;
 pub mod api;
 pub mod routes;
 pub mod state;
+pub mod write;
 
 pub use state::AppState;
 

@@ -415,6 +415,41 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Checks again a principal authenticated earlier (a long-lived connection, before each of
+    /// its actions): the token has not expired, the tenant is still active, the user's tokens
+    /// were not revoked since. No signature check: the claims were verified once.
+    pub async fn recheck(&self, p: &Principal) -> Result<Principal, ApiError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        if p.claims.exp <= now {
+            return Err(ApiError::new(ErrorCode::TokenExpired, "the token expired"));
+        }
+        let tenant = self
+            .tenant(p.tenant_id())
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::TokenInvalid, "invalid token"))?;
+        if !tenant.is_active() {
+            return Err(ApiError::new(
+                ErrorCode::TenantSuspended,
+                "the tenant is suspended",
+            ));
+        }
+        if let Some(after) = self.valid_after(&tenant.id, &p.user_id).await?
+            && p.claims.iat <= after.unix_timestamp()
+        {
+            return Err(ApiError::new(
+                ErrorCode::TokenRevoked,
+                "the token was revoked",
+            ));
+        }
+        Ok(Principal {
+            tenant,
+            user_id: p.user_id.clone(),
+            claims: p.claims.clone(),
+        })
+    }
+}
+
 /// The bearer token of an `Authorization` header value.
 pub fn bearer(value: Option<&http::HeaderValue>) -> Result<&str, ApiError> {
     let v = value

@@ -2,16 +2,15 @@
 
 use crate::api::*;
 use crate::state::{AppState, Caller};
+use crate::write;
 use axum::extract::State;
-use caas_bus::topics;
-use caas_domain::event::{ConversationEvent, MemberChanged, ReadUpdated};
-use caas_domain::model::{Member, Role};
+use caas_domain::model::Member;
 use caas_domain::permission::{Action, Resource};
-use caas_domain::{ConversationId, ErrorCode, UserId};
+use caas_domain::{ConversationId, UserId};
 use caas_kit::error::{ApiError, ErrorBody, Json, Path, Query};
 use http::StatusCode;
 
-use super::{now, page_limit};
+use super::page_limit;
 
 /// Members, ordered by user id.
 #[utoipa::path(get, path = "/v1/conversations/{conversation_id}/members", tag = "members", security(("bearer" = [])),
@@ -48,58 +47,7 @@ pub(crate) async fn add_member(
     Path(id): Path<ConversationId>,
     Json(req): Json<AddMember>,
 ) -> Result<(StatusCode, Json<Member>), ApiError> {
-    let access = s.access(&caller, &id).await?;
-    let role = req.role.unwrap_or(Role::Member);
-    let new_role = (role != Role::Member).then_some(role);
-    access.decide_member(
-        &caller,
-        Resource::Member,
-        Action::Create,
-        Some(&req.user_id),
-        None,
-        new_role,
-    )?;
-    if s.store
-        .get_user(caller.tenant(), &req.user_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::invalid(format!("unknown user {}", req.user_id)));
-    }
-    let t = now();
-    let member = Member {
-        tenant_id: caller.tenant().clone(),
-        conversation_id: id.clone(),
-        user_id: req.user_id.clone(),
-        role,
-        joined_at: t,
-        last_read_position: -1,
-        unread_count: 0,
-    };
-    s.store.add_member(&member).await.map_err(|e| match e {
-        caas_store::StoreError::AlreadyExists => {
-            ApiError::new(ErrorCode::AlreadyExists, "already a member")
-        }
-        e => e.into(),
-    })?;
-    if role != Role::Member {
-        s.audit(
-            caller.tenant(),
-            &format!("user:{}", caller.user()),
-            "member.role_change",
-            format!("conversation:{id}/user:{}", req.user_id),
-            serde_json::json!({"role": role}),
-        )
-        .await;
-    }
-    let ev = ConversationEvent::MemberAdded(MemberChanged {
-        user_id: req.user_id,
-        role: Some(role),
-        by: caller.user().clone(),
-        at: t,
-    });
-    s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
-        .await;
+    let member = write::add_member(&s, &caller, &id, req.user_id, req.role).await?;
     Ok((StatusCode::CREATED, Json(member)))
 }
 
@@ -112,40 +60,7 @@ pub(crate) async fn remove_member(
     caller: Caller,
     Path((id, user_id)): Path<(ConversationId, UserId)>,
 ) -> Result<StatusCode, ApiError> {
-    let access = s.access(&caller, &id).await?;
-    let target = s.store.get_member(caller.tenant(), &id, &user_id).await?;
-    access.decide_member(
-        &caller,
-        Resource::Member,
-        Action::Delete,
-        Some(&user_id),
-        target.as_ref().map(|m| m.role),
-        None,
-    )?;
-    if target.is_none() {
-        return Err(ApiError::not_found("member"));
-    }
-    s.store
-        .remove_member(caller.tenant(), &id, &user_id)
-        .await?;
-    if &user_id != caller.user() {
-        s.audit(
-            caller.tenant(),
-            &format!("user:{}", caller.user()),
-            "member.remove",
-            format!("conversation:{id}/user:{user_id}"),
-            serde_json::json!({}),
-        )
-        .await;
-    }
-    let ev = ConversationEvent::MemberRemoved(MemberChanged {
-        user_id,
-        role: None,
-        by: caller.user().clone(),
-        at: now(),
-    });
-    s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
-        .await;
+    write::remove_member(&s, &caller, &id, user_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -159,40 +74,9 @@ pub(crate) async fn change_role(
     Path((id, user_id)): Path<(ConversationId, UserId)>,
     Json(req): Json<ChangeRole>,
 ) -> Result<Json<Member>, ApiError> {
-    let access = s.access(&caller, &id).await?;
-    let target = s.store.get_member(caller.tenant(), &id, &user_id).await?;
-    access.decide_member(
-        &caller,
-        Resource::Member,
-        Action::Update,
-        Some(&user_id),
-        target.as_ref().map(|m| m.role),
-        Some(req.role),
-    )?;
-    let Some(mut target) = target else {
-        return Err(ApiError::not_found("member"));
-    };
-    s.store
-        .set_member_role(caller.tenant(), &id, &user_id, req.role)
-        .await?;
-    s.audit(
-        caller.tenant(),
-        &format!("user:{}", caller.user()),
-        "member.role_change",
-        format!("conversation:{id}/user:{user_id}"),
-        serde_json::json!({"from": target.role, "to": req.role}),
-    )
-    .await;
-    target.role = req.role;
-    let ev = ConversationEvent::MemberUpdated(MemberChanged {
-        user_id,
-        role: Some(req.role),
-        by: caller.user().clone(),
-        at: now(),
-    });
-    s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
-        .await;
-    Ok(Json(target))
+    Ok(Json(
+        write::change_role(&s, &caller, &id, user_id, req.role).await?,
+    ))
 }
 
 /// Moves the caller's read marker forward and returns the membership with its unread count.
@@ -205,41 +89,5 @@ pub(crate) async fn mark_read(
     Path(id): Path<ConversationId>,
     Json(req): Json<MarkRead>,
 ) -> Result<Json<Member>, ApiError> {
-    let access = s.access(&caller, &id).await?;
-    access.decide(
-        &caller,
-        Resource::ReadMarker,
-        Action::Update,
-        Some(caller.user()),
-    )?;
-    if access.member.is_none() {
-        return Err(ApiError::new(
-            ErrorCode::NotMember,
-            "only members have read markers",
-        ));
-    }
-    let head = s
-        .bus
-        .high_watermark(topics::CONVERSATION_EVENTS, s.partition_of(&id))
-        .await?
-        - 1;
-    let position = match req.position {
-        Some(p) if p < -1 => return Err(ApiError::invalid("position must be >= -1")),
-        Some(p) => p.min(head),
-        None => head,
-    };
-    // Count against what was published before: the unread count is exact once stored.
-    s.wait_persisted(&id).await?;
-    let member = s
-        .store
-        .mark_read(caller.tenant(), &id, caller.user(), position)
-        .await?;
-    let ev = ConversationEvent::ReadUpdated(ReadUpdated {
-        user_id: caller.user().clone(),
-        position: member.last_read_position,
-        at: now(),
-    });
-    s.announce(caller.tenant(), &id, &caller.correlation_id, ev)
-        .await;
-    Ok(Json(member))
+    Ok(Json(write::mark_read(&s, &caller, &id, req.position).await?))
 }
