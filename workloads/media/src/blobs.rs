@@ -212,6 +212,14 @@ impl Blobs {
         }
     }
 
+    /// How many objects there are under `prefix` (tests and diagnostics).
+    pub async fn count(&self, prefix: &str) -> object_store::Result<usize> {
+        use futures::TryStreamExt as _;
+        let prefix = self.path(prefix);
+        let all: Vec<_> = self.store.list(Some(&prefix)).try_collect().await?;
+        Ok(all.len())
+    }
+
     /// A round trip to the backend, for readiness.
     pub async fn ping(&self) -> object_store::Result<()> {
         self.exists("health-probe").await.map(|_| ())

@@ -105,6 +105,17 @@ pub(crate) mod tests {
         v.extend_from_slice(&13u32.to_be_bytes());
         v.extend_from_slice(&ihdr);
         v.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        // A tiny IDAT (zlib of nothing) and IEND: the header is complete and valid.
+        for (kind, data) in [
+            (&b"IDAT"[..], &[0x78, 0x9c, 0x03, 0, 0, 0, 0, 1][..]),
+            (b"IEND", &[]),
+        ] {
+            let mut chunk = kind.to_vec();
+            chunk.extend_from_slice(data);
+            v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            v.extend_from_slice(&chunk);
+            v.extend_from_slice(&crc32(&chunk).to_be_bytes());
+        }
         v
     }
 

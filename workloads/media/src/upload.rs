@@ -782,7 +782,14 @@ fn check_parts(s: &MediaState, u: &Upload, parts: &[Part]) -> Result<(), MediaEr
             ),
         ));
     }
-    let min = s.config.min_part_bytes;
+    // S3 refuses parts under 5 MiB (all but the last), whatever the configuration says.
+    let min = if s.blobs.native_multipart() {
+        s.config
+            .min_part_bytes
+            .max(crate::blobs::WRITE_CHUNK as u64)
+    } else {
+        s.config.min_part_bytes
+    };
     if let Some(p) = parts[..parts.len() - 1].iter().find(|p| p.size < min) {
         return Err(MediaError::new(
             StatusCode::BAD_REQUEST,

@@ -22,6 +22,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 const DUPLICATE_KEY: i32 = 11000;
+/// `deleted_ms` of a live file: a number, not null, so that both "live" and "deleted before"
+/// are plain comparisons (null matching differs between wire-compatible servers).
+const NOT_DELETED: i64 = 0;
 
 #[derive(Clone)]
 pub struct MongoRepo {
@@ -188,15 +191,15 @@ impl MediaRepo for MongoRepo {
             return Ok(false);
         };
         upload.state = to;
-        let r = self
+        let before = self
             .uploads
-            .update_one(
+            .find_one_and_update(
                 doc! {"_id": key(tenant, id), "tenant_id": tenant.as_str(), "state": from.as_str()},
                 doc! {"$set": {"state": to.as_str(), "doc": to_json(&upload)?}},
             )
             .await
             .map_err(db_err)?;
-        Ok(r.modified_count == 1)
+        Ok(before.is_some())
     }
 
     async fn delete_upload(&self, tenant: &TenantId, id: &str) -> Result<()> {
@@ -264,7 +267,7 @@ impl MediaRepo for MongoRepo {
             "_id": key(&m.tenant_id, &m.id),
             "tenant_id": m.tenant_id.as_str(),
             "conversation_id": m.conversation_id.as_str(),
-            "deleted_ms": m.deleted_at.map(ms),
+            "deleted_ms": m.deleted_at.map_or(NOT_DELETED, ms),
             "doc": to_json(m)?,
         };
         match self.files.insert_one(d).await {
@@ -296,22 +299,22 @@ impl MediaRepo for MongoRepo {
             return Ok(None);
         }
         media.deleted_at = Some(at);
-        // Only the first of concurrent deletes matches `deleted_ms: null`.
-        let r = self
+        // Only the first of concurrent deletes matches `deleted_ms: NOT_DELETED`.
+        let before = self
             .files
-            .update_one(
-                doc! {"_id": key(tenant, id), "tenant_id": tenant.as_str(), "deleted_ms": Bson::Null},
+            .find_one_and_update(
+                doc! {"_id": key(tenant, id), "tenant_id": tenant.as_str(), "deleted_ms": NOT_DELETED},
                 doc! {"$set": {"deleted_ms": ms(at), "doc": to_json(&media)?}},
             )
             .await
             .map_err(db_err)?;
-        Ok((r.modified_count == 1).then_some(media))
+        Ok(before.map(|_| media))
     }
 
     async fn purgeable(&self, before: OffsetDateTime, limit: u32) -> Result<Vec<Media>> {
         let docs: Vec<Document> = self
             .files
-            .find(doc! {"deleted_ms": {"$ne": Bson::Null, "$lt": ms(before)}})
+            .find(doc! {"deleted_ms": {"$gt": NOT_DELETED, "$lt": ms(before)}})
             .sort(doc! {"deleted_ms": 1})
             .limit(i64::from(limit))
             .await

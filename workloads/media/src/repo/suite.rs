@@ -50,7 +50,7 @@ fn media(t: &str) -> Media {
     }
 }
 
-/// Runs every case.
+/// Runs every case. Tenants are named afresh on every run, so a database may be reused.
 pub async fn run_all(repo: DynRepo) {
     repo.ping().await.unwrap();
     uploads_and_parts(&repo).await;
@@ -59,8 +59,16 @@ pub async fn run_all(repo: DynRepo) {
     quota_is_atomic(&repo).await;
 }
 
+/// A tenant id unique to this run.
+fn fresh(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::now_v7().simple().to_string()[16..]
+    )
+}
+
 async fn uploads_and_parts(repo: &DynRepo) {
-    let u = upload("s-up", Duration::hours(1));
+    let u = upload(&fresh("s-up"), Duration::hours(1));
     repo.create_upload(&u).await.unwrap();
     assert!(matches!(
         repo.create_upload(&u).await,
@@ -154,8 +162,9 @@ async fn uploads_and_parts(repo: &DynRepo) {
 }
 
 async fn expiry(repo: &DynRepo) {
-    let old = upload("s-exp", Duration::seconds(-10));
-    let fresh = upload("s-exp", Duration::hours(1));
+    let t = fresh("s-exp");
+    let old = upload(&t, Duration::seconds(-10));
+    let fresh = upload(&t, Duration::hours(1));
     repo.create_upload(&old).await.unwrap();
     repo.create_upload(&fresh).await.unwrap();
     let expired = repo
@@ -167,7 +176,8 @@ async fn expiry(repo: &DynRepo) {
 }
 
 async fn files_and_soft_delete(repo: &DynRepo) {
-    let m = media("s-files");
+    let t = fresh("s-files");
+    let m = media(&t);
     repo.insert_media(&m).await.unwrap();
     assert!(matches!(
         repo.insert_media(&m).await,
@@ -211,7 +221,7 @@ async fn files_and_soft_delete(repo: &DynRepo) {
     );
 
     let now = OffsetDateTime::now_utc();
-    let live = media("s-files");
+    let live = media(&t);
     repo.insert_media(&live).await.unwrap();
     let purge = repo
         .purgeable(now - Duration::minutes(1), 100)
@@ -232,7 +242,7 @@ async fn files_and_soft_delete(repo: &DynRepo) {
 }
 
 async fn quota_is_atomic(repo: &DynRepo) {
-    let t = tenant("s-quota");
+    let t = tenant(&fresh("s-quota"));
     assert_eq!(repo.usage(&t).await.unwrap(), 0);
     assert!(repo.reserve(&t, 60, 100).await.unwrap());
     assert!(!repo.reserve(&t, 41, 100).await.unwrap());
@@ -244,7 +254,7 @@ async fn quota_is_atomic(repo: &DynRepo) {
     assert_eq!(repo.usage(&t).await.unwrap(), 0);
 
     // Twenty concurrent reservations of 10 against a limit of 55: exactly five win.
-    let t2 = tenant("s-race");
+    let t2 = tenant(&fresh("s-race"));
     let wins = futures::future::join_all((0..20).map(|_| {
         let repo = repo.clone();
         let t2 = t2.clone();
