@@ -1,0 +1,169 @@
+// The try-out chat page of `caas standalone` in headless Chromium (Debian's `chromium`, driven
+// by playwright-core): two pages as ann and bob chat in #general; the test checks history over
+// REST, presence both ways, the typing indicator, live messages both ways, that text is shown
+// as text, a live unread count, and a reconnect with the stored cursor that brings exactly the
+// message sent meanwhile. Screenshots go to tests/artifacts/.
+//
+// Usage: node tests/js/chat-page.mjs <base url of a running standalone>
+// Run by `cargo test -p caas --test chat_page`, which starts the server. Exits non-zero on the
+// first failed step, with the pages' console, errors and screenshots of the moment.
+
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const base = process.argv[2];
+if (!base) {
+  console.error("usage: node tests/js/chat-page.mjs <base url>");
+  process.exit(2);
+}
+const artifacts = resolve(dirname(fileURLToPath(import.meta.url)), "../artifacts");
+mkdirSync(artifacts, { recursive: true });
+const RUN = Date.now().toString(36); // makes this run's messages unique on a reused server
+const WAIT = 30_000; // per condition: generous, the machine is shared
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+
+const browser = await chromium.launch({
+  executablePath,
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+
+const log = [];
+const problems = [];
+async function open(user) {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT);
+  page.on("console", (m) => {
+    log.push(`[${user} console.${m.type()}] ${m.text()}`);
+    if (m.type() === "error") problems.push(`${user}: console error: ${m.text()}`);
+  });
+  page.on("pageerror", (e) => problems.push(`${user}: page error: ${e.message}`));
+  await page.goto(`${base}/`, { waitUntil: "domcontentloaded" });
+  await page.locator(`#users button[data-user="${user}"]`).click();
+  await page.locator('#conn[data-state="online"]').waitFor();
+  return page;
+}
+
+let step = "start";
+const ok = (what) => console.log(`ok: ${what}`);
+// A conversation in the list by its exact label.
+const conv = (page, label) =>
+  page.locator("#convs li.conv").filter({ has: page.locator(".label", { hasText: new RegExp(`^${label}$`) }) });
+const message = (page, text) => page.locator("#messages li.msg:not(.pending)", { hasText: text });
+
+let ann;
+let bob;
+try {
+  step = "ann and bob log in and connect";
+  ann = await open("ann");
+  bob = await open("bob");
+  ok(step);
+
+  step = "both open #general and see its history (REST)";
+  for (const page of [ann, bob]) {
+    await page.locator('#convs li[data-id="general"]').click();
+    await page.locator("#room-title", { hasText: "# General" }).waitFor();
+    await message(page, "Welcome to caas").waitFor();
+  }
+  ok(step);
+
+  step = "presence: each sees the other online";
+  await ann.locator('#members li[data-user="bob"] .dot[data-online="true"]').waitFor();
+  await bob.locator('#members li[data-user="ann"] .dot[data-online="true"]').waitFor();
+  ok(step);
+
+  step = "bob sees ann typing";
+  const typed = `Hello bob ${RUN} <b>not bold</b> & <script>x</script>`;
+  await ann.locator("#text").pressSequentially(typed, { delay: 15 });
+  await bob.locator("#typing").filter({ hasText: "Ann Archer is typing…" }).waitFor();
+  ok(step);
+
+  step = "ann sends; bob receives it live, as text";
+  await ann.locator("#text").press("Enter");
+  const got = message(bob, `Hello bob ${RUN}`);
+  await got.waitFor();
+  const shown = await got.locator(".text").textContent();
+  if (!shown.includes("<b>not bold</b>") || !shown.includes("<script>x</script>")) {
+    throw new Error(`the message text was not shown as text: ${JSON.stringify(shown)}`);
+  }
+  if ((await got.locator(".text b, .text script").count()) !== 0) {
+    throw new Error("markup in a message became elements");
+  }
+  await message(ann, `Hello bob ${RUN}`).waitFor(); // acked: no longer pending
+  // The message ends the typing indicator.
+  await bob.waitForFunction(() => document.querySelector("#typing").textContent === "");
+  ok(step);
+
+  step = "bob answers; ann receives it live";
+  await bob.locator("#text").fill(`Hi Ann, loud and clear ${RUN}`);
+  await bob.locator("#send").click();
+  await message(ann, `Hi Ann, loud and clear ${RUN}`).waitFor();
+  await message(bob, `Hi Ann, loud and clear ${RUN}`).waitFor();
+  ok(step);
+
+  step = "a message in the direct conversation shows as unread for bob";
+  await conv(ann, "Bob Baker").click();
+  await ann.locator("#room-title", { hasText: "Bob Baker" }).waitFor();
+  const unread = conv(bob, "Ann Archer").locator(".unread");
+  const before = (await unread.count()) ? Number(await unread.textContent()) : 0;
+  await ann.locator("#text").fill(`Psst, lunch later? ${RUN}`);
+  await ann.locator("#text").press("Enter");
+  await message(ann, `Psst, lunch later? ${RUN}`).waitFor();
+  await unread.filter({ hasText: new RegExp(`^${before + 1}$`) }).waitFor();
+  await ann.locator('#convs li[data-id="general"]').click();
+  await message(ann, `Hi Ann, loud and clear ${RUN}`).waitFor();
+  ok(step);
+
+  step = "bob goes offline; ann sees it and writes meanwhile";
+  await bob.locator("#toggle", { hasText: "Go offline" }).click();
+  await bob.locator('#conn[data-state="offline"]').waitFor();
+  await ann.locator('#members li[data-user="bob"] .dot[data-online="false"]').waitFor();
+  await ann.locator("#text").fill(`While you were away: the build is green ${RUN}`);
+  await ann.locator("#text").press("Enter");
+  await message(ann, `While you were away: the build is green ${RUN}`).waitFor();
+  ok(step);
+
+  step = "bob reconnects with his cursor and gets exactly the missed message";
+  await bob.locator("#toggle", { hasText: "Reconnect" }).click();
+  await bob.locator('#conn[data-state="online"]').waitFor();
+  await message(bob, `While you were away: the build is green ${RUN}`).waitFor();
+  await ann.locator('#members li[data-user="bob"] .dot[data-online="true"]').waitFor();
+  const once = [[bob, `While you were away: the build is green ${RUN}`], [bob, `Hello bob ${RUN}`], [ann, `Hi Ann, loud and clear ${RUN}`]];
+  for (const [page, text] of once) {
+    const n = await message(page, text).count();
+    if (n !== 1) throw new Error(`"${text}" is shown ${n} times`);
+  }
+  ok(step);
+
+  step = "bob has read #general (the page marks what it shows as read); the direct one stays unread";
+  await conv(bob, "# General").locator(".unread").waitFor({ state: "detached" });
+  await conv(bob, "Ann Archer").locator(".unread").waitFor();
+  ok(step);
+
+  if (problems.length) throw new Error(`the pages reported problems:\n${problems.join("\n")}`);
+
+  step = "screenshots";
+  await ann.screenshot({ path: resolve(artifacts, "chat-page.png") });
+  await bob.screenshot({ path: resolve(artifacts, "chat-page-bob.png") });
+  console.log(`screenshots: ${resolve(artifacts, "chat-page.png")}, ${resolve(artifacts, "chat-page-bob.png")}`);
+  await browser.close();
+  console.log("chat page: all steps passed");
+} catch (e) {
+  console.error(`FAILED at step "${step}": ${e.message}`);
+  for (const [name, page] of [["ann", ann], ["bob", bob]]) {
+    if (!page) continue;
+    const path = resolve(artifacts, `chat-page-failed-${name}.png`);
+    await page.screenshot({ path }).then(() => console.error(`screenshot: ${path}`), () => {});
+    const status = await page.locator("#conn").textContent().catch(() => "?");
+    console.error(`${name}: connection "${status}"`);
+  }
+  if (problems.length) console.error(problems.join("\n"));
+  console.error(log.slice(-60).join("\n"));
+  await browser.close();
+  process.exit(1);
+}
