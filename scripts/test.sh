@@ -2,16 +2,17 @@
 # The project's test command: `scripts/test.sh [extra cargo test args]`.
 #
 # 1. Installs what is missing (Debian): the build packages rdkafka needs, redis-server, nx-27017
-#    (PyPI, a MongoDB wire-protocol server), tansu 0.6.0 (a Kafka-protocol broker, built with
-#    cargo into ~/.cargo/bin; ~18 min the first time, reused afterwards) and s3s-fs 0.14.1 (an S3
-#    server on a directory that checks signatures; cargo, ~5 min the first time).
-# 2. Starts redis-server, nx-27017, tansu and s3s-fs, each on a free port in a temp dir, and
-#    exports CAAS_TEST_REDIS_URL, CAAS_TEST_MONGODB_URI, CAAS_TEST_KAFKA_BROKERS and
-#    CAAS_TEST_S3_ENDPOINT (+ _ACCESS_KEY, _SECRET_KEY, _BUCKET). A variable the caller
+#    (PyPI, a MongoDB wire-protocol server) and tansu 0.6.0 (a Kafka-protocol broker, built with
+#    cargo into ~/.cargo/bin; ~18 min the first time, reused afterwards).
+# 2. Starts redis-server, nx-27017 and tansu, each on a free port in a temp dir, and exports
+#    CAAS_TEST_REDIS_URL, CAAS_TEST_MONGODB_URI and CAAS_TEST_KAFKA_BROKERS. A variable the caller
 #    already set wins: that server is used as given and nothing is started (or installed) for it.
 # 3. Runs `cargo test --workspace --all-targets --no-fail-fast "$@"` (CARGO_TARGET_DIR defaults to
 #    ~/.cache/caas-target), then every executable scripts/checks/*.sh.
 # 4. Stops everything it started. On failure the server logs are kept and their path printed.
+# The chat page's browser test needs Debian's chromium (and nodejs, npm when there is no node) and
+# the packages of tests/js (`npm ci`): installed too when missing. CHROMIUM=<path> picks another
+# browser.
 #
 # Knobs: CAAS_TEST_START_TIMEOUT (seconds a server may take to listen, default 60);
 # CAAS_TEST_CMD (run that command instead of the suite, with the servers up: development).
@@ -21,7 +22,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/caas-target}"
 export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 TANSU_VERSION=0.6.0
-S3S_FS_VERSION=0.14.1
 START_TIMEOUT="${CAAS_TEST_START_TIMEOUT:-60}"
 
 log() { echo "test.sh: $*" >&2; }
@@ -46,8 +46,6 @@ NEED_KAFKA=""
 [ -n "${CAAS_TEST_REDIS_URL:-}" ] || NEED_REDIS=1
 [ -n "${CAAS_TEST_MONGODB_URI:-}" ] || NEED_MONGO=1
 [ -n "${CAAS_TEST_KAFKA_BROKERS:-}" ] || NEED_KAFKA=1
-NEED_S3=""
-[ -n "${CAAS_TEST_S3_ENDPOINT:-}" ] || NEED_S3=1
 
 # ---------------------------------------------------------------------------------------------
 # Install what is missing.
@@ -62,6 +60,11 @@ install_apt_packages() {
         && ! python3 -m pip --version >/dev/null 2>&1; then
         wanted+=(python3-pip)
     fi
+    # The chat page's browser test (workloads/caas/tests/chat_page.rs): Debian's Chromium, driven
+    # from Node by playwright-core (tests/js).
+    [ -n "${CHROMIUM:-}" ] || wanted+=(chromium)
+    command -v node >/dev/null 2>&1 || wanted+=(nodejs)
+    command -v npm >/dev/null 2>&1 || wanted+=(npm)
     if ! command -v dpkg-query >/dev/null 2>&1; then
         log "not a Debian system: make sure these are installed: ${wanted[*]}"
         return
@@ -102,17 +105,23 @@ install_tansu() {
         --features libsql,dynostore
 }
 
-install_s3s_fs() {
-    command -v s3s-fs >/dev/null 2>&1 && return
-    log "building s3s-fs $S3S_FS_VERSION into ~/.cargo/bin (about 5 minutes the first time)"
-    env -u CARGO_TARGET_DIR cargo install s3s-fs --version "$S3S_FS_VERSION" --locked \
-        --features binary
+# tests/js: playwright-core and socket.io-client as pinned by package-lock.json; installed again
+# when the lock file is newer than the install.
+install_js_packages() {
+    local js="$ROOT/tests/js"
+    [ -f "$js/package-lock.json" ] || return 0
+    if [ -f "$js/node_modules/.package-lock.json" ] \
+        && [ ! "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
+        return 0
+    fi
+    log "npm ci in tests/js"
+    (cd "$js" && npm ci --no-audit --no-fund --loglevel=error)
 }
 
 install_apt_packages
 [ -z "$NEED_MONGO" ] || install_nx27017
-[ -z "$NEED_S3" ] || install_s3s_fs
 [ -z "$NEED_KAFKA" ] || install_tansu
+install_js_packages
 
 # ---------------------------------------------------------------------------------------------
 # Start the servers this run needs, and stop them on exit.
@@ -179,7 +188,7 @@ wait_port() {
     log "$name ready on 127.0.0.1:$port (pid $pid, log $logfile)"
 }
 
-if [ -n "$NEED_REDIS$NEED_MONGO$NEED_KAFKA$NEED_S3" ]; then
+if [ -n "$NEED_REDIS$NEED_MONGO$NEED_KAFKA" ]; then
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/caas-test.XXXXXX")"
 fi
 
@@ -233,25 +242,9 @@ EOF
     export CAAS_TEST_KAFKA_BROKERS="127.0.0.1:$port"
 fi
 
-if [ -n "$NEED_S3" ]; then
-    port="$(free_port)"
-    # A bucket is a directory. It checks SigV4 signatures, so the keys must match.
-    export CAAS_TEST_S3_BUCKET=caas-test
-    export CAAS_TEST_S3_ACCESS_KEY=caastest
-    CAAS_TEST_S3_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
-    export CAAS_TEST_S3_SECRET_KEY
-    mkdir -p "$WORK/s3/data/$CAAS_TEST_S3_BUCKET"
-    start s3s-fs "$WORK/s3" s3s-fs --host 127.0.0.1 --port "$port" \
-        --access-key "$CAAS_TEST_S3_ACCESS_KEY" --secret-key "$CAAS_TEST_S3_SECRET_KEY" \
-        "$WORK/s3/data"
-    wait_port s3s-fs "$port" "$STARTED_PID" "$WORK/s3/s3s-fs.log"
-    export CAAS_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
-fi
-
 log "CAAS_TEST_REDIS_URL=$CAAS_TEST_REDIS_URL"
 log "CAAS_TEST_MONGODB_URI=$CAAS_TEST_MONGODB_URI"
 log "CAAS_TEST_KAFKA_BROKERS=$CAAS_TEST_KAFKA_BROKERS"
-log "CAAS_TEST_S3_ENDPOINT=$CAAS_TEST_S3_ENDPOINT (bucket ${CAAS_TEST_S3_BUCKET:-?})"
 
 # ---------------------------------------------------------------------------------------------
 # Test.
