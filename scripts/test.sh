@@ -2,10 +2,12 @@
 # The project's test command: `scripts/test.sh [extra cargo test args]`.
 #
 # 1. Installs what is missing (Debian): the build packages rdkafka needs, redis-server, nx-27017
-#    (PyPI, a MongoDB wire-protocol server) and tansu 0.6.0 (a Kafka-protocol broker, built with
-#    cargo into ~/.cargo/bin; ~18 min the first time, reused afterwards).
-# 2. Starts redis-server, nx-27017 and tansu, each on a free port in a temp dir, and exports
-#    CAAS_TEST_REDIS_URL, CAAS_TEST_MONGODB_URI and CAAS_TEST_KAFKA_BROKERS. A variable the caller
+#    (PyPI, a MongoDB wire-protocol server), tansu 0.6.0 (a Kafka-protocol broker, built with
+#    cargo into ~/.cargo/bin; ~18 min the first time, reused afterwards) and s3s-fs 0.14.1 (an S3
+#    server on a directory that checks signatures; cargo, ~5 min the first time).
+# 2. Starts redis-server, nx-27017, tansu and s3s-fs, each on a free port in a temp dir, and
+#    exports CAAS_TEST_REDIS_URL, CAAS_TEST_MONGODB_URI, CAAS_TEST_KAFKA_BROKERS and
+#    CAAS_TEST_S3_ENDPOINT (+ _ACCESS_KEY, _SECRET_KEY, _BUCKET). A variable the caller
 #    already set wins: that server is used as given and nothing is started (or installed) for it.
 # 3. Runs `cargo test --workspace --all-targets --no-fail-fast "$@"` (CARGO_TARGET_DIR defaults to
 #    ~/.cache/caas-target), then every executable scripts/checks/*.sh.
@@ -22,6 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/caas-target}"
 export PATH="$HOME/.cargo/bin:$HOME/.local/bin:$PATH"
 TANSU_VERSION=0.6.0
+S3S_FS_VERSION=0.14.1
 START_TIMEOUT="${CAAS_TEST_START_TIMEOUT:-60}"
 
 log() { echo "test.sh: $*" >&2; }
@@ -46,6 +49,8 @@ NEED_KAFKA=""
 [ -n "${CAAS_TEST_REDIS_URL:-}" ] || NEED_REDIS=1
 [ -n "${CAAS_TEST_MONGODB_URI:-}" ] || NEED_MONGO=1
 [ -n "${CAAS_TEST_KAFKA_BROKERS:-}" ] || NEED_KAFKA=1
+NEED_S3=""
+[ -n "${CAAS_TEST_S3_ENDPOINT:-}" ] || NEED_S3=1
 
 # ---------------------------------------------------------------------------------------------
 # Install what is missing.
@@ -105,6 +110,13 @@ install_tansu() {
         --features libsql,dynostore
 }
 
+install_s3s_fs() {
+    command -v s3s-fs >/dev/null 2>&1 && return
+    log "building s3s-fs $S3S_FS_VERSION into ~/.cargo/bin (about 5 minutes the first time)"
+    env -u CARGO_TARGET_DIR cargo install s3s-fs --version "$S3S_FS_VERSION" --locked \
+        --features binary
+}
+
 # tests/js: playwright-core and socket.io-client as pinned by package-lock.json; installed again
 # when the lock file is newer than the install.
 install_js_packages() {
@@ -120,6 +132,7 @@ install_js_packages() {
 
 install_apt_packages
 [ -z "$NEED_MONGO" ] || install_nx27017
+[ -z "$NEED_S3" ] || install_s3s_fs
 [ -z "$NEED_KAFKA" ] || install_tansu
 install_js_packages
 
@@ -188,7 +201,7 @@ wait_port() {
     log "$name ready on 127.0.0.1:$port (pid $pid, log $logfile)"
 }
 
-if [ -n "$NEED_REDIS$NEED_MONGO$NEED_KAFKA" ]; then
+if [ -n "$NEED_REDIS$NEED_MONGO$NEED_KAFKA$NEED_S3" ]; then
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/caas-test.XXXXXX")"
 fi
 
@@ -242,9 +255,25 @@ EOF
     export CAAS_TEST_KAFKA_BROKERS="127.0.0.1:$port"
 fi
 
+if [ -n "$NEED_S3" ]; then
+    port="$(free_port)"
+    # A bucket is a directory. It checks SigV4 signatures, so the keys must match.
+    export CAAS_TEST_S3_BUCKET=caas-test
+    export CAAS_TEST_S3_ACCESS_KEY=caastest
+    CAAS_TEST_S3_SECRET_KEY="$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+    export CAAS_TEST_S3_SECRET_KEY
+    mkdir -p "$WORK/s3/data/$CAAS_TEST_S3_BUCKET"
+    start s3s-fs "$WORK/s3" s3s-fs --host 127.0.0.1 --port "$port" \
+        --access-key "$CAAS_TEST_S3_ACCESS_KEY" --secret-key "$CAAS_TEST_S3_SECRET_KEY" \
+        "$WORK/s3/data"
+    wait_port s3s-fs "$port" "$STARTED_PID" "$WORK/s3/s3s-fs.log"
+    export CAAS_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+fi
+
 log "CAAS_TEST_REDIS_URL=$CAAS_TEST_REDIS_URL"
 log "CAAS_TEST_MONGODB_URI=$CAAS_TEST_MONGODB_URI"
 log "CAAS_TEST_KAFKA_BROKERS=$CAAS_TEST_KAFKA_BROKERS"
+log "CAAS_TEST_S3_ENDPOINT=$CAAS_TEST_S3_ENDPOINT (bucket ${CAAS_TEST_S3_BUCKET:-?})"
 
 # ---------------------------------------------------------------------------------------------
 # Test.
