@@ -24,6 +24,7 @@ const S = {
   socket: null,
   cursor: undefined, // resume point: the cursor of the last event (or session) seen
   synced: false, // the first session arrived and the conversations were loaded
+  draining: false, // the server asked us to move; a reconnect is scheduled
   attempts: 0, // refused connections in a row (backoff)
   names: new Map(), // user id -> display name
   convs: new Map(), // conversation id -> {conversation, membership}, most recent first
@@ -529,12 +530,15 @@ function connect() {
     for (const key of [...S.typing.keys()]) setTyping(...key.split("\n"), false);
     if (reason === "io client disconnect") return;
     setConn("offline", `offline (${reason}), reconnecting…`);
-    // The client does not reconnect by itself after a server-side disconnect.
-    if (reason === "io server disconnect") retryLater();
+    // The client does not reconnect by itself after a server-side disconnect (after
+    // server.draining the scheduled reconnect does it).
+    if (reason === "io server disconnect" && !S.draining) retryLater();
   });
   socket.on("server.draining", ({ reconnect_in_ms }) => {
+    S.draining = true;
     setConn("syncing", "server restarting, moving…");
     setTimeout(() => {
+      S.draining = false;
       socket.disconnect();
       socket.connect();
     }, reconnect_in_ms || 0);
