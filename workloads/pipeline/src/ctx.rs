@@ -9,7 +9,10 @@ use crate::error::{Stage, StageError};
 use crate::metrics::{PipelineHealth, PipelineMetrics};
 use caas_bus::DynBus;
 use caas_config::PipelineConfig;
-use caas_store::DynStore;
+use caas_domain::TenantId;
+use caas_store::{DynStore, TenantWebhook};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,7 +32,13 @@ pub struct Ctx {
     pub stop: CancellationToken,
     /// Loops currently waiting on the breaker (readiness closes when the last one recovers).
     waiting: AtomicUsize,
+    /// Tenant webhooks by tenant, read at most once per [`WEBHOOK_CACHE_TTL`].
+    webhooks: Mutex<HashMap<TenantId, (Instant, Option<TenantWebhook>)>>,
 }
+
+/// How long a tenant's webhook configuration is cached: a change through the admin API
+/// reaches deliveries within this time.
+pub const WEBHOOK_CACHE_TTL: Duration = Duration::from_secs(1);
 
 impl Ctx {
     pub fn new(
@@ -48,7 +57,26 @@ impl Ctx {
             health,
             stop,
             waiting: AtomicUsize::new(0),
+            webhooks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The tenant's webhook, cached for [`WEBHOOK_CACHE_TTL`].
+    pub async fn webhook(&self, tenant: &TenantId) -> Result<Option<TenantWebhook>, StageError> {
+        if let Some((at, w)) = self.webhooks.lock().get(tenant)
+            && at.elapsed() < WEBHOOK_CACHE_TTL
+        {
+            return Ok(w.clone());
+        }
+        let w = self
+            .store
+            .get_webhook(tenant)
+            .await
+            .map_err(|e| StageError::store(Stage::Webhook, &e))?;
+        self.webhooks
+            .lock()
+            .insert(tenant.clone(), (Instant::now(), w.clone()));
+        Ok(w)
     }
 
     /// Runs `op` (a step of `stage`) until it succeeds or fails permanently. Transient failures (store or log

@@ -152,12 +152,7 @@ pub async fn attempt(
     };
     let tenant = &n.tenant_id;
     let hook = ctx
-        .until_ok(Stage::Webhook, move || async move {
-            ctx.store
-                .get_webhook(tenant)
-                .await
-                .map_err(|e| StageError::store(Stage::Webhook, &e))
-        })
+        .until_ok(Stage::Webhook, move || ctx.webhook(tenant))
         .await;
     let hook = match hook {
         Ok(Some(h)) if h.wants(&n.kind) => h,

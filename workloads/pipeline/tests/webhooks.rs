@@ -164,14 +164,21 @@ async fn deliveries_are_signed_and_5xx_is_retried_until_delivered() {
             .get()
             >= 1
     );
-    assert_eq!(
-        running
-            .metrics
-            .webhook_deliveries
-            .with_label_values(&["delivered"])
-            .get(),
-        2
-    );
+    // The pipeline counts a delivery once the receiver's answer is back.
+    wait_for(
+        "both deliveries counted",
+        Duration::from_secs(30),
+        || async {
+            (running
+                .metrics
+                .webhook_deliveries
+                .with_label_values(&["delivered"])
+                .get()
+                == 2)
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
         store
             .list_dead_letters(&DeadLetterQuery {
