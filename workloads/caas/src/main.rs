@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod media;
 mod run;
 mod standalone;
 mod wire;
@@ -26,6 +27,8 @@ enum Command {
     Gateway,
     /// The message pipeline: persists the conversation-events log.
     Pipeline,
+    /// The media API: uploads, downloads, signed URLs, thumbnails (docs/media.md).
+    Media,
     /// Everything in one process on embedded defaults (the default command).
     Standalone(standalone::Args),
     /// Prints the OpenAPI document of the REST API.
@@ -66,6 +69,7 @@ async fn main() -> std::process::ExitCode {
             )
             .await
         }
+        Command::Media => media::run(cli.config.as_deref()).await,
         Command::Standalone(args) => standalone::run(cli.config.as_deref(), args).await,
     };
     match result {

@@ -108,6 +108,21 @@ pub async fn start(
     }
     let public = server::wrap(public, &metrics, &settings);
     let internal = server::wrap(internal, &metrics, &settings);
+    // Media under /v1/media with its own request timeout (uploads stream for long), when the
+    // gateway and the pipeline share the process (standalone); `caas media` runs it alone.
+    let public = if parts.gateway && parts.pipeline {
+        crate::media::mount(
+            &cfg,
+            store.clone(),
+            bus.clone(),
+            &metrics,
+            public,
+            stop.clone(),
+        )
+        .await?
+    } else {
+        public
+    };
     let metrics_router = metrics.router();
 
     let api_l = server::bind(&cfg.server.listen)

@@ -83,6 +83,11 @@ pub async fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
             }
             c.auth.keys_dir = path_str(&dir.join("keys"));
             c.admin.token_file = path_str(&dir.join("admin-token"));
+            c.media.metadata_path = path_str(&dir.join("media.db"));
+            c.media.signing_key_file = path_str(&dir.join("media-signing-key"));
+            c.media.backend = caas_config::MediaBackend::Local {
+                dir: path_str(&dir.join("media")),
+            };
             c
         }
     };

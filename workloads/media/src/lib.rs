@@ -118,17 +118,28 @@ pub async fn build(
     })
 }
 
-/// The media routes in the standard middleware stack, with the media request timeout (uploads
-/// stream for long). Mount it at `/v1/media/{*rest}` with `route_service`, after the other
-/// routes have been wrapped, so that their shorter timeout does not apply.
+/// The media routes under `/v1/media`, in the standard middleware stack with the media request
+/// timeout (uploads stream for long).
 pub fn service(
+    state: MediaState,
+    metrics: &Arc<Metrics>,
+    server_cfg: &ServerConfig,
+) -> axum::Router {
+    mount(axum::Router::new(), state, metrics, server_cfg)
+}
+
+/// Adds the media routes to an already wrapped service router, nested at `/v1/media` in their
+/// own stack ([`caas_kit::server::wrap`] with `media.requestTimeoutMs`): the outer router's
+/// layers (its shorter timeout) do not apply to them.
+pub fn mount(
+    public: axum::Router,
     state: MediaState,
     metrics: &Arc<Metrics>,
     server_cfg: &ServerConfig,
 ) -> axum::Router {
     let mut settings = HttpSettings::from(server_cfg);
     settings.timeout = Duration::from_millis(state.config.request_timeout_ms);
-    server::wrap(router(state), metrics, &settings)
+    public.nest("/v1/media", server::wrap(router(state), metrics, &settings))
 }
 
 /// What one janitor pass did.

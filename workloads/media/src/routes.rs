@@ -30,28 +30,22 @@ use http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-/// The media routes with their state.
+/// The media routes with their state, relative to `/v1/media` (see [`crate::service`]).
 pub fn router(state: MediaState) -> Router {
     Router::new()
         .route(
-            "/v1/media/conversations/{conversation_id}/files",
+            "/conversations/{conversation_id}/files",
             post(upload_single),
         )
-        .route(
-            "/v1/media/conversations/{conversation_id}/uploads",
-            post(initiate),
-        )
-        .route("/v1/media/uploads/{upload_id}", get(status).delete(abort))
-        .route(
-            "/v1/media/uploads/{upload_id}/parts/{number}",
-            put(put_part),
-        )
-        .route("/v1/media/uploads/{upload_id}/complete", post(complete))
-        .route("/v1/media/files/{media_id}", get(metadata).delete(delete))
-        .route("/v1/media/files/{media_id}/content", get(content))
-        .route("/v1/media/files/{media_id}/thumbnail", get(thumbnail))
-        .route("/v1/media/files/{media_id}/url", post(signed_url))
-        .route("/v1/media/signed/{tenant_id}/{media_id}", get(signed))
+        .route("/conversations/{conversation_id}/uploads", post(initiate))
+        .route("/uploads/{upload_id}", get(status).delete(abort))
+        .route("/uploads/{upload_id}/parts/{number}", put(put_part))
+        .route("/uploads/{upload_id}/complete", post(complete))
+        .route("/files/{media_id}", get(metadata).delete(delete))
+        .route("/files/{media_id}/content", get(content))
+        .route("/files/{media_id}/thumbnail", get(thumbnail))
+        .route("/files/{media_id}/url", post(signed_url))
+        .route("/signed/{tenant_id}/{media_id}", get(signed))
         .with_state(state)
 }
 

@@ -1011,3 +1011,70 @@ async fn uploads_and_deletes_are_published_and_counted() {
         .get(&format!("/v1/media/files/{id}/content"), Some("alice"), &[])
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_next_to_other_routes_in_its_own_stack() {
+    use tower::ServiceExt as _;
+    let h = harness(Backend::Local, Opts::default()).await;
+    let settings = caas_kit::server::HttpSettings {
+        body_limit: 16,
+        timeout: std::time::Duration::from_secs(30),
+        max_concurrency: 8,
+    };
+    let other = axum::Router::new().route("/v1/other", axum::routing::get(|| async { "other" }));
+    let app = caas_media::mount(
+        caas_kit::server::wrap(other, &h.metrics, &settings),
+        h.state.clone(),
+        &h.metrics,
+        &caas_config::ServerConfig::default(),
+    );
+    let call = |req: http::Request<Body>| {
+        let app = app.clone();
+        async move {
+            let r = app.oneshot(req).await.unwrap();
+            let status = r.status().as_u16();
+            let body = http_body_util::BodyExt::collect(r.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (status, body)
+        }
+    };
+    // An upload far above the outer stack's 16-byte body limit goes through the media stack.
+    let file = noise(100_000, 4);
+    let (status, body) = call(
+        h.req(
+            "POST",
+            &format!("/v1/media/conversations/{}/files?name=n.bin", h.conv),
+            Some("alice"),
+        )
+        .body(Body::from(file.clone()))
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body:?}");
+    let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = call(
+        h.req("GET", &format!("/v1/media/files/{id}/content"), Some("bob"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.len()), (200, file.len()));
+    let (status, body) = call(
+        h.req("GET", "/v1/media/nope", Some("bob"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["error"]["code"],
+        "not_found"
+    );
+    let (status, body) = call(h.req("GET", "/v1/other", None).body(Body::empty()).unwrap()).await;
+    assert_eq!((status, body.as_ref()), (200, b"other".as_ref()));
+}
