@@ -200,7 +200,10 @@ impl Engine {
             let keep = g.as_ref().map(|g| g.id.clone());
             let removed = index::remove_other_generations(&root, keep.as_deref())?;
             if removed > 0 {
-                tracing::info!(removed, "Removed index generations left by an interrupted rebuild.");
+                tracing::info!(
+                    removed,
+                    "Removed index generations left by an interrupted rebuild."
+                );
             }
             Ok((g.map(Arc::new), "version_changed"))
         })
@@ -336,7 +339,10 @@ impl Engine {
                 let page = self.store.list_users(t, after.as_ref(), SCAN_PAGE).await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.id.clone());
-                let ops: Vec<Op> = page.iter().map(|u| Op::User(indexer::user_doc(u))).collect();
+                let ops: Vec<Op> = page
+                    .iter()
+                    .map(|u| Op::User(indexer::user_doc(u)))
+                    .collect();
                 self.write(g, ops).await?;
             }
             let mut after = None;
@@ -358,7 +364,10 @@ impl Engine {
                 if stop.is_cancelled() {
                     return Ok(false);
                 }
-                let page = self.store.scan_messages(t, after.as_ref(), SCAN_PAGE).await?;
+                let page = self
+                    .store
+                    .scan_messages(t, after.as_ref(), SCAN_PAGE)
+                    .await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.id);
                 let ops: Vec<Op> = page

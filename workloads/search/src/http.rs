@@ -5,10 +5,10 @@
 use crate::engine::{Engine, EngineError, RebuildStatus};
 use crate::index::Generation;
 use crate::query::{self, MessageSearch, Named, QueryError, Scope, Sort, Suggestions};
+use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use caas_config::Config;
 use caas_domain::{ConversationId, ErrorCode, UserId};
 use caas_kit::auth::{Authenticator, Principal, bearer};
@@ -110,7 +110,10 @@ impl SearchState {
         let per_user = self.config.limits.searches_per_minute_per_user;
         let d = self
             .limiter
-            .check(&format!("search:u:{}:{}", p.tenant_id(), p.user_id), per_user)
+            .check(
+                &format!("search:u:{}:{}", p.tenant_id(), p.user_id),
+                per_user,
+            )
             .await;
         if !d.allowed {
             return Err(ApiError::new(
@@ -257,7 +260,11 @@ pub fn message_search(p: MessagesParams) -> Result<MessageSearch, ApiError> {
                 .map_err(|_| ApiError::new(ErrorCode::InvalidId, "invalid sender_id"))
         })
         .transpose()?;
-    let from_ms = p.from.as_deref().map(|v| parse_time("from", v)).transpose()?;
+    let from_ms = p
+        .from
+        .as_deref()
+        .map(|v| parse_time("from", v))
+        .transpose()?;
     let to_ms = p.to.as_deref().map(|v| parse_time("to", v)).transpose()?;
     if let (Some(a), Some(b)) = (from_ms, to_ms)
         && a >= b
@@ -300,7 +307,9 @@ async fn search_messages(
     let search = message_search(p)?;
     let scope = s.scope(&caller).await?;
     let page = s
-        .on_index("messages", move |g| query::search_messages(g, &scope, &search))
+        .on_index("messages", move |g| {
+            query::search_messages(g, &scope, &search)
+        })
         .await?;
     Ok(Json(MessagesResponse {
         hits: page
@@ -450,7 +459,12 @@ async fn index_status(
     let g = s.engine.current();
     let (documents, bytes, positions, generation) = match g {
         Some(g) => tokio::task::spawn_blocking(move || {
-            (g.num_docs(), g.size_bytes(), g.positions(), Some(g.id.clone()))
+            (
+                g.num_docs(),
+                g.size_bytes(),
+                g.positions(),
+                Some(g.id.clone()),
+            )
         })
         .await
         .map_err(ApiError::internal)?,

@@ -148,7 +148,8 @@ impl Generation {
             Some(p) => serde_json::from_str(&p).map_err(|e| IndexError::State(e.to_string()))?,
             None => return Ok(None),
         };
-        if payload.fingerprint != schema::fingerprint(language) || index.schema() != schema::schema()
+        if payload.fingerprint != schema::fingerprint(language)
+            || index.schema() != schema::schema()
         {
             return Ok(None);
         }
@@ -451,18 +452,35 @@ mod tests {
     fn upserts_replace_and_positions_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let g = Generation::create(dir.path(), Language::English, 16).unwrap();
-        g.apply(&[Op::Message(msg("m1", "first")), Op::Message(msg("m1", "second"))])
-            .unwrap();
+        g.apply(&[
+            Op::Message(msg("m1", "first")),
+            Op::Message(msg("m1", "second")),
+        ])
+        .unwrap();
         g.commit(BTreeMap::from([(0, 5), (1, 2)])).unwrap();
         assert_eq!(g.num_docs(), 1, "an upsert replaces");
-        assert_eq!(g.lookup_message("t1", "m1").unwrap().unwrap().text, "second");
-        assert_eq!(g.lookup_message("t2", "m1").unwrap(), None, "tenant is part of the key");
+        assert_eq!(
+            g.lookup_message("t1", "m1").unwrap().unwrap().text,
+            "second"
+        );
+        assert_eq!(
+            g.lookup_message("t2", "m1").unwrap(),
+            None,
+            "tenant is part of the key"
+        );
         g.commit(BTreeMap::from([(0, 3)])).unwrap();
-        assert_eq!(g.positions(), BTreeMap::from([(0, 5), (1, 2)]), "never back");
+        assert_eq!(
+            g.positions(),
+            BTreeMap::from([(0, 5), (1, 2)]),
+            "never back"
+        );
         let id = g.id.clone();
         drop(g);
         set_current(dir.path(), &id).unwrap();
-        assert_eq!(current_id(dir.path()).unwrap().as_deref(), Some(id.as_str()));
+        assert_eq!(
+            current_id(dir.path()).unwrap().as_deref(),
+            Some(id.as_str())
+        );
         let g = Generation::open(dir.path(), &id, Language::English, 16)
             .unwrap()
             .unwrap();

@@ -153,16 +153,18 @@ async fn enrich(store: &DynStore, events: &[Decoded]) -> Result<Enrichment, Stor
         };
         if conv {
             let k = (d.tenant.clone(), d.conversation.clone());
-            if !e.conversations.contains_key(&k) {
-                let c = store.get_conversation(&k.0, &k.1).await?;
-                e.conversations.insert(k, c);
+            if let std::collections::hash_map::Entry::Vacant(slot) = e.conversations.entry(k) {
+                let (t, c) = slot.key();
+                let got = store.get_conversation(t, c).await?;
+                slot.insert(got);
             }
         }
         if let Some(u) = user {
             let k = (d.tenant.clone(), u.clone());
-            if !e.users.contains_key(&k) {
-                let got = store.get_user(&k.0, &k.1).await?;
-                e.users.insert(k, got);
+            if let std::collections::hash_map::Entry::Vacant(slot) = e.users.entry(k) {
+                let (t, u) = slot.key();
+                let got = store.get_user(t, u).await?;
+                slot.insert(got);
             }
         }
     }
@@ -397,6 +399,9 @@ mod tests {
             attachments_of(br#"{"event":{"attachments":[{"id":"a"}]}}"#),
             Some(true)
         );
-        assert_eq!(attachments_of(br#"{"event":{"attachments":[]}}"#), Some(false));
+        assert_eq!(
+            attachments_of(br#"{"event":{"attachments":[]}}"#),
+            Some(false)
+        );
     }
 }

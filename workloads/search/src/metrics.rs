@@ -51,8 +51,14 @@ impl SearchMetrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
         ];
         Self {
-            received: c("search_received_total", "Log records received by the indexer."),
-            indexed: c("search_indexed_total", "Log events turned into index operations."),
+            received: c(
+                "search_received_total",
+                "Log records received by the indexer.",
+            ),
+            indexed: c(
+                "search_indexed_total",
+                "Log events turned into index operations.",
+            ),
             replayed: c(
                 "search_replayed_total",
                 "Log records already in the index (replays after a restart), skipped.",

@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{
-    BooleanQuery, BoostQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery,
-    TermQuery, TermSetQuery,
+    BooleanQuery, BoostQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, TermQuery,
+    TermSetQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::snippet::SnippetGenerator;
@@ -363,12 +363,12 @@ pub fn search_messages(
         clauses.push((Occur::Must, term_q(f.sender, sender)));
     }
     if s.from_ms.is_some() || s.to_ms.is_some() {
-        let lo = s
-            .from_ms
-            .map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_i64(f.created, v)));
-        let hi = s
-            .to_ms
-            .map_or(Bound::Unbounded, |v| Bound::Excluded(Term::from_field_i64(f.created, v)));
+        let lo = s.from_ms.map_or(Bound::Unbounded, |v| {
+            Bound::Included(Term::from_field_i64(f.created, v))
+        });
+        let hi = s.to_ms.map_or(Bound::Unbounded, |v| {
+            Bound::Excluded(Term::from_field_i64(f.created, v))
+        });
         clauses.push((Occur::Must, Box::new(RangeQuery::new(lo, hi))));
     }
     if let Some(a) = s.has_attachment {
@@ -382,17 +382,16 @@ pub fn search_messages(
     }
     let limit = s.limit.clamp(1, 100);
     let offset = match (&cursor, s.sort) {
-        (Some(c), Sort::Relevance) => c
-            .o
-            .ok_or_else(|| QueryError::InvalidCursor("cursor is not a relevance cursor".into()))?,
+        (Some(c), Sort::Relevance) => {
+            c.o.ok_or_else(|| QueryError::InvalidCursor("cursor is not a relevance cursor".into()))?
+        }
         _ => 0,
     };
     if s.sort == Sort::Time
         && let Some(c) = &cursor
     {
-        let k = c
-            .k
-            .ok_or_else(|| QueryError::InvalidCursor("cursor is not a time cursor".into()))?;
+        let k =
+            c.k.ok_or_else(|| QueryError::InvalidCursor("cursor is not a time cursor".into()))?;
         clauses.push((
             Occur::Must,
             Box::new(RangeQuery::new(
@@ -406,54 +405,55 @@ pub fn search_messages(
     }
     let query = BooleanQuery::new(clauses);
     let searcher = g.reader.searcher();
-    let (hits, total, next_cursor): (Vec<(Option<f32>, u64, tantivy::DocAddress)>, usize, _) =
-        match s.sort {
-            Sort::Relevance => {
-                let (top, total) = searcher.search(
-                    &query,
-                    &(
-                        TopDocs::with_limit(limit).and_offset(offset).order_by_score(),
-                        Count,
-                    ),
-                )?;
-                let next = offset + top.len();
-                let more = top.len() == limit && next < total && next + limit <= MAX_DEPTH;
-                let hits = top.into_iter().map(|(s, a)| (Some(s), 0, a)).collect();
-                let next_cursor = more.then(|| {
-                    encode_cursor(&Cursor {
-                        h: hash,
-                        o: Some(next),
-                        k: None,
-                    })
-                });
-                (hits, total, next_cursor)
-            }
-            Sort::Time => {
-                let (top, total) = searcher.search(
-                    &query,
-                    &(
-                        TopDocs::with_limit(limit)
-                            .order_by_fast_field::<u64>("sort_key", Order::Desc),
-                        Count,
-                    ),
-                )?;
-                let last = top.last().and_then(|(k, _)| *k);
-                let more = top.len() == limit && total > limit;
-                let hits = top
-                    .into_iter()
-                    .map(|(k, a)| (None, k.unwrap_or(0), a))
-                    .collect();
-                let next_cursor = match (more, last) {
-                    (true, Some(k)) => Some(encode_cursor(&Cursor {
-                        h: hash,
-                        o: None,
-                        k: Some(k),
-                    })),
-                    _ => None,
-                };
-                (hits, total, next_cursor)
-            }
-        };
+    type Found = Vec<(Option<f32>, u64, tantivy::DocAddress)>;
+    let (hits, total, next_cursor): (Found, usize, _) = match s.sort {
+        Sort::Relevance => {
+            let (top, total) = searcher.search(
+                &query,
+                &(
+                    TopDocs::with_limit(limit)
+                        .and_offset(offset)
+                        .order_by_score(),
+                    Count,
+                ),
+            )?;
+            let next = offset + top.len();
+            let more = top.len() == limit && next < total && next + limit <= MAX_DEPTH;
+            let hits = top.into_iter().map(|(s, a)| (Some(s), 0, a)).collect();
+            let next_cursor = more.then(|| {
+                encode_cursor(&Cursor {
+                    h: hash,
+                    o: Some(next),
+                    k: None,
+                })
+            });
+            (hits, total, next_cursor)
+        }
+        Sort::Time => {
+            let (top, total) = searcher.search(
+                &query,
+                &(
+                    TopDocs::with_limit(limit).order_by_fast_field::<u64>("sort_key", Order::Desc),
+                    Count,
+                ),
+            )?;
+            let last = top.last().and_then(|(k, _)| *k);
+            let more = top.len() == limit && total > limit;
+            let hits = top
+                .into_iter()
+                .map(|(k, a)| (None, k.unwrap_or(0), a))
+                .collect();
+            let next_cursor = match (more, last) {
+                (true, Some(k)) => Some(encode_cursor(&Cursor {
+                    h: hash,
+                    o: None,
+                    k: Some(k),
+                })),
+                _ => None,
+            };
+            (hits, total, next_cursor)
+        }
+    };
     let snippets = match &text {
         Some(t) => {
             let mut sg = SnippetGenerator::create(&searcher, t.as_ref(), f.text)?;
@@ -599,7 +599,8 @@ pub fn suggest(
         }
         let top = searcher.search(
             &BooleanQuery::new(clauses),
-            &TopDocs::with_limit(SUGGEST_SAMPLE).order_by_fast_field::<u64>("sort_key", Order::Desc),
+            &TopDocs::with_limit(SUGGEST_SAMPLE)
+                .order_by_fast_field::<u64>("sort_key", Order::Desc),
         )?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         for (_, addr) in top {

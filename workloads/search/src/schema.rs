@@ -8,8 +8,7 @@
 
 use tantivy::Index;
 use tantivy::schema::{
-    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing,
-    TextOptions,
+    FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::{
     AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer,
@@ -229,7 +228,10 @@ mod tests {
     #[test]
     fn analyzers_fold_stem_and_keep_raw_forms() {
         let mut t = text_analyzer(Language::English);
-        assert_eq!(tokens(&mut t, "Running CAFÉS, dogs!"), ["run", "cafe", "dog"]);
+        assert_eq!(
+            tokens(&mut t, "Running CAFÉS, dogs!"),
+            ["run", "cafe", "dog"]
+        );
         let mut r = raw_analyzer();
         assert_eq!(tokens(&mut r, "Running CAFÉS"), ["running", "cafes"]);
         let mut fr = text_analyzer(Language::French);
