@@ -3,6 +3,8 @@
 //! local directory by default.
 //!
 //! - [`routes`]: the HTTP API under `/v1/media` (see the table there);
+//! - [`attach`]: the check a message's attachments pass (the sender's live files of the
+//!   conversation);
 //! - [`upload`]: single and chunked, resumable uploads, verification, quota;
 //! - [`download`]: full, range and conditional downloads; soft delete and purge;
 //! - [`state`]: shared state, the caller, access checks (members of the conversation only);
@@ -13,6 +15,7 @@
 //! The janitor ([`janitor`]) aborts uploads that were not completed in time and purges
 //! soft-deleted files.
 
+pub mod attach;
 pub mod blobs;
 pub mod download;
 pub mod error;
