@@ -76,6 +76,14 @@ export async function conversation(token, kind, members, name) {
  * Connects a Socket.IO client. Resolves with the socket once `session` arrived (rooms joined),
  * or rejects with the connect_error message (the stable code).
  */
+export const sockets = new Set();
+
+/** Closes every socket a test left open (a failed assertion skips its own close). */
+export function closeAll() {
+  for (const s of sockets) s.close();
+  sockets.clear();
+}
+
 export function connect(token, opts = {}) {
   const state = { cursor: opts.cursor, events: [], sessions: [] };
   const socket = io(API, {
@@ -86,6 +94,7 @@ export function connect(token, opts = {}) {
     ...opts.io,
   });
   socket.state = state;
+  sockets.add(socket);
   socket.onAny((event, payload) => {
     state.events.push({ event, payload });
     if (payload && typeof payload.cursor === "string" && event !== "typing" && event !== "presence") {
@@ -94,7 +103,10 @@ export function connect(token, opts = {}) {
     if (event === "session") state.sessions.push(payload);
   });
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("no session within 15 s")), 15000);
+    const timer = setTimeout(() => {
+      socket.close();
+      reject(new Error("no session within 15 s"));
+    }, 15000);
     socket.once("connect_error", (err) => {
       clearTimeout(timer);
       socket.close();
@@ -106,6 +118,7 @@ export function connect(token, opts = {}) {
     });
     socket.once("error", (e) => {
       clearTimeout(timer);
+      socket.close();
       reject(new Error(e.code));
     });
   });

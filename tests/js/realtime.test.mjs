@@ -2,11 +2,13 @@
 // caas process. Run by workloads/caas/tests/realtime.rs (it starts `caas standalone` with a small
 // replay window so that recovery is exercised both from memory and from the log).
 
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  admin, connect, conversation, emit, received, refused, rest, sleep, tenant, uid, waitFor,
+  admin, closeAll, connect, conversation, emit, received, refused, rest, sleep, tenant, uid, waitFor,
 } from "./lib.mjs";
+
+after(closeAll);
 
 const EXPIRED = process.env.CAAS_EXPIRED_TOKEN;
 

@@ -1,8 +1,9 @@
-//! `caas`: one binary for every workload. `caas gateway`, `caas pipeline`, or
+//! `caas`: one binary for every workload. `caas gateway`, `caas pipeline`, `caas socket`, or
 //! `caas standalone` (the default): the whole platform in one process on embedded defaults.
 
 #![forbid(unsafe_code)]
 
+mod demo;
 mod media;
 mod run;
 mod standalone;
@@ -27,6 +28,8 @@ enum Command {
     Gateway,
     /// The message pipeline: persists the conversation-events log.
     Pipeline,
+    /// The realtime server: Socket.IO for apps' clients (docs/realtime.md).
+    Socket,
     /// The media API: uploads, downloads, signed URLs, thumbnails (docs/media.md).
     Media,
     /// Everything in one process on embedded defaults (the default command).
@@ -55,6 +58,7 @@ async fn main() -> std::process::ExitCode {
                 run::Parts {
                     gateway: true,
                     pipeline: false,
+                    socket: false,
                 },
             )
             .await
@@ -65,6 +69,18 @@ async fn main() -> std::process::ExitCode {
                 run::Parts {
                     gateway: false,
                     pipeline: true,
+                    socket: false,
+                },
+            )
+            .await
+        }
+        Command::Socket => {
+            run::workload(
+                cli.config.as_deref(),
+                run::Parts {
+                    gateway: false,
+                    pipeline: false,
+                    socket: true,
                 },
             )
             .await

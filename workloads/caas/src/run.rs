@@ -1,6 +1,6 @@
 //! Running workloads: wires the components, serves the HTTP listeners (service, internal,
 //! metrics), runs the pipeline, and shuts down in order on SIGTERM/SIGINT: `/ready` turns 503,
-//! the drain delay passes, listeners stop accepting and finish in-flight requests, the pipeline
+//! the drain delay passes, realtime clients are sent away (spread over time), listeners stop accepting and finish in-flight requests, the pipeline
 //! finishes its batch and commits, all within the shutdown deadline.
 
 use crate::wire;
@@ -22,6 +22,8 @@ use tokio::task::JoinSet;
 pub struct Parts {
     pub gateway: bool,
     pub pipeline: bool,
+    /// The realtime server (Socket.IO), on the service port.
+    pub socket: bool,
 }
 
 /// The addresses a started process listens on.
@@ -49,6 +51,22 @@ pub async fn start(
     stop: CancellationToken,
     on_bound: impl FnOnce(&Bound) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    start_with(cfg, parts, None, stop, on_bound).await
+}
+
+/// Routes added to the service port next to the gateway's, made from its state before the
+/// listeners bind: standalone's try-out page ([`crate::demo`]).
+pub type Extra = Box<dyn FnOnce(caas_gateway::AppState) -> ExtraRoutes + Send>;
+pub type ExtraRoutes = futures::future::BoxFuture<'static, anyhow::Result<axum::Router>>;
+
+/// [`start`] with `extra` routes (only with the gateway).
+pub async fn start_with(
+    cfg: Config,
+    parts: Parts,
+    extra: Option<Extra>,
+    stop: CancellationToken,
+    on_bound: impl FnOnce(&Bound) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let metrics = Metrics::new();
     let store = wire::store(&cfg.store).await?;
@@ -68,7 +86,7 @@ pub async fn start(
             let bus = bus.clone();
             async move { bus.ping().await.map_err(|e| e.to_string()) }
         });
-        if let Some(conn) = redis {
+        if let Some(conn) = redis.clone() {
             health = health.check("redis", move || {
                 let mut conn = conn.clone();
                 async move {
@@ -93,8 +111,8 @@ pub async fn start(
 
     let mut public = health.public_router();
     let mut internal = health.detail_router();
-    if parts.gateway {
-        let state = caas_gateway::AppState {
+    let state = if parts.gateway || parts.socket {
+        Some(caas_gateway::AppState {
             store: store.clone(),
             bus: bus.clone(),
             auth: wire::authenticator(&cfg, store.clone())?,
@@ -102,15 +120,24 @@ pub async fn start(
             dedupe,
             config: cfg.clone(),
             admin_token: Arc::new(wire::admin_token(&cfg)?),
-        };
+        })
+    } else {
+        None
+    };
+    if parts.gateway
+        && let Some(state) = &state
+    {
         public = public.merge(caas_gateway::router(state.clone()));
-        internal = internal.merge(caas_gateway::internal_router(state));
+        internal = internal.merge(caas_gateway::internal_router(state.clone()));
+        if let Some(extra) = extra {
+            public = public.merge(extra(state.clone()).await?);
+        }
     }
-    let public = server::wrap(public, &metrics, &settings);
+    let mut public = server::wrap(public, &metrics, &settings);
     let internal = server::wrap(internal, &metrics, &settings);
     // Media under /v1/media with its own request timeout (uploads stream for long), when the
     // gateway and the pipeline share the process (standalone); `caas media` runs it alone.
-    let public = if parts.gateway && parts.pipeline {
+    public = if parts.gateway && parts.pipeline {
         crate::media::mount(
             &cfg,
             store.clone(),
@@ -123,6 +150,18 @@ pub async fn start(
     } else {
         public
     };
+    // The realtime server sits in front of the HTTP stack: its long-lived connections are not
+    // requests (no request timeout, no request concurrency slot); it has its own metrics.
+    let mut realtime = None;
+    if parts.socket
+        && let Some(state) = &state
+    {
+        let shared_redis = cfg.redis.as_ref().zip(redis.clone());
+        let (router, mounted) =
+            caas_socket::mount(public, state.clone(), &metrics, shared_redis).await?;
+        public = router;
+        realtime = Some(mounted);
+    }
     let metrics_router = metrics.router();
 
     let api_l = server::bind(&cfg.server.listen)
@@ -184,7 +223,21 @@ pub async fn start(
     let deadline = Duration::from_millis(cfg.server.shutdown_deadline_ms);
     let started = tokio::time::Instant::now();
     health.set_draining();
+    if let Some(r) = &realtime {
+        r.set_draining();
+    }
     tokio::time::sleep(Duration::from_millis(cfg.server.drain_delay_ms)).await;
+    if let Some(r) = realtime {
+        // Clients reconnect elsewhere, spread over time; in-flight acks are answered first.
+        let spread = Duration::from_millis(cfg.socket.drain_spread_ms)
+            .min(deadline.saturating_sub(started.elapsed()) / 2);
+        shutdown::with_deadline(
+            deadline.saturating_sub(started.elapsed()),
+            "realtime drain",
+            r.drain(spread),
+        )
+        .await;
+    }
     http_stop.cancel();
     shutdown::with_deadline(
         deadline.saturating_sub(started.elapsed()),

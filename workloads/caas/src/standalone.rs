@@ -126,12 +126,14 @@ pub async fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     shutdown::on_signals(stop.clone());
     let info_path = dir.join("standalone.json");
-    run::start(
+    run::start_with(
         cfg,
         Parts {
             gateway: true,
             pipeline: true,
+            socket: true,
         },
+        Some(crate::demo::extra(demo.clone())),
         stop,
         |b| {
             let socket_base = format!("http://{}", b.api);

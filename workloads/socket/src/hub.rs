@@ -94,8 +94,12 @@ pub(crate) fn prepare(d: &Delivery, partition_count: usize) -> Option<(Prepared,
         "conversation_id".into(),
         Value::String(conversation.to_string()),
     );
+    // The event's place in the log (a message's `position`); an event that has a `position`
+    // of its own (a read marker) keeps it.
     payload.insert("partition".into(), Value::from(d.partition));
-    payload.insert("position".into(), Value::from(d.offset));
+    payload
+        .entry("position")
+        .or_insert_with(|| Value::from(d.offset));
     let room = conversation_room(&env.tenant_id, &conversation);
     Some((
         Prepared {
