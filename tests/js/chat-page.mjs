@@ -4,18 +4,23 @@
 // as text, a live unread count, and a reconnect with the stored cursor that brings exactly the
 // message sent meanwhile. Screenshots go to tests/artifacts/.
 //
-// Usage: node tests/js/chat-page.mjs <base url of a running standalone>
-// Run by `cargo test -p caas --test chat_page`, which starts the server. Exits non-zero on the
-// first failed step, with the pages' console, errors and screenshots of the moment.
+// Usage: node tests/js/chat-page.mjs <base url of a running standalone> [--restarts]
+// Run by `cargo test -p caas --test chat_page`, which starts the server and passes --restarts:
+// then the script also has the server stopped and started again, asking the harness on stdout
+// (`PAUSE stop`, `PAUSE start`) and waiting for its answer on stdin (`done stop`, `done start`).
+// Exits non-zero on the first failed step, with the pages' console, errors and screenshots of
+// the moment.
 
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
+import { createInterface } from "node:readline";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const base = process.argv[2];
+const restarts = process.argv.includes("--restarts");
 if (!base) {
-  console.error("usage: node tests/js/chat-page.mjs <base url>");
+  console.error("usage: node tests/js/chat-page.mjs <base url> [--restarts]");
   process.exit(2);
 }
 const artifacts = resolve(dirname(fileURLToPath(import.meta.url)), "../artifacts");
@@ -34,13 +39,16 @@ const browser = await chromium.launch({
 
 const log = [];
 const problems = [];
+// While the server is down on purpose, failed connections are expected.
+let serverDown = false;
+const networkNoise = /WebSocket connection to .* failed|ERR_CONNECTION_REFUSED|Failed to load resource/;
 async function open(user) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
   const page = await context.newPage();
   page.setDefaultTimeout(WAIT);
   page.on("console", (m) => {
     log.push(`[${user} console.${m.type()}] ${m.text()}`);
-    if (m.type() === "error") problems.push(`${user}: console error: ${m.text()}`);
+    if (m.type() === "error" && !(serverDown && networkNoise.test(m.text()))) problems.push(`${user}: console error: ${m.text()}`);
   });
   page.on("pageerror", (e) => problems.push(`${user}: page error: ${e.message}`));
   await page.goto(`${base}/`, { waitUntil: "domcontentloaded" });
@@ -50,6 +58,13 @@ async function open(user) {
 }
 
 let step = "start";
+const control = restarts ? createInterface({ input: process.stdin }) : null;
+const harness = control?.[Symbol.asyncIterator]();
+async function pause(what) {
+  console.log(`PAUSE ${what}`);
+  const { value, done } = await harness.next();
+  if (done || value.trim() !== `done ${what}`) throw new Error(`the harness answered ${JSON.stringify(value)} to ${what}`);
+}
 const ok = (what) => console.log(`ok: ${what}`);
 // A conversation in the list by its exact label.
 const conv = (page, label) =>
@@ -145,6 +160,35 @@ try {
   await conv(bob, "Ann Archer").locator(".unread").waitFor();
   ok(step);
 
+  if (restarts) {
+    step = "the server stops; both pages notice, and ann writes while it is down";
+    serverDown = true;
+    await pause("stop");
+    for (const page of [ann, bob]) await page.locator('#conn:not([data-state="online"])').waitFor();
+    await ann.locator("#text").fill(`Sent while the server was down ${RUN}`);
+    await ann.locator("#text").press("Enter");
+    await ann.locator("#messages li.msg.pending", { hasText: `Sent while the server was down ${RUN}` }).waitFor();
+    ok(step);
+
+    step = "the server starts again; both pages reconnect by themselves, the queued send goes out once";
+    await pause("start");
+    for (const page of [ann, bob]) await page.locator('#conn[data-state="online"]').waitFor();
+    serverDown = false;
+    await message(ann, `Sent while the server was down ${RUN}`).waitFor();
+    await message(bob, `Sent while the server was down ${RUN}`).waitFor();
+    await ann.locator("#messages li.msg.pending").waitFor({ state: "detached" });
+    await bob.locator("#text").fill(`Back online ${RUN}`);
+    await bob.locator("#text").press("Enter");
+    await message(ann, `Back online ${RUN}`).waitFor();
+    for (const page of [ann, bob]) {
+      for (const text of [`Sent while the server was down ${RUN}`, `Back online ${RUN}`, `Hello bob ${RUN}`]) {
+        const n = await message(page, text).count();
+        if (n !== 1) throw new Error(`"${text}" is shown ${n} times`);
+      }
+    }
+    ok(step);
+  }
+
   if (problems.length) throw new Error(`the pages reported problems:\n${problems.join("\n")}`);
 
   step = "screenshots";
@@ -153,6 +197,7 @@ try {
   console.log(`screenshots: ${resolve(artifacts, "chat-page.png")}, ${resolve(artifacts, "chat-page-bob.png")}`);
   await browser.close();
   console.log("chat page: all steps passed");
+  control?.close(); // stdin would keep the process alive
 } catch (e) {
   console.error(`FAILED at step "${step}": ${e.message}`);
   for (const [name, page] of [["ann", ann], ["bob", bob]]) {
@@ -165,5 +210,6 @@ try {
   if (problems.length) console.error(problems.join("\n"));
   console.error(log.slice(-60).join("\n"));
   await browser.close();
+  control?.close();
   process.exit(1);
 }

@@ -3,19 +3,21 @@
 //! - its demo endpoints and seed over HTTP (the page and assets at `/`, tokens for demo users
 //!   only, `#general` and the direct conversation created once, across restarts);
 //! - the page itself in headless Chromium: `tests/js/chat-page.mjs` (playwright-core, Debian's
-//!   `/usr/bin/chromium`) with two pages as ann and bob chatting live; screenshots land in
-//!   `tests/artifacts/`. The browser, Node and `tests/js/node_modules` are required: this test
+//!   `/usr/bin/chromium`) with two pages as ann and bob chatting live, and through a graceful
+//!   restart of the server (stopped and started here when the script asks); screenshots land
+//!   in `tests/artifacts/`. The browser, Node and `tests/js/node_modules` are required: this test
 //!   fails, never skips, without them (`scripts/test.sh` installs them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{Http, Standalone};
+use common::{Http, START_DEADLINE, Standalone};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 /// How long the browser script may run before it is killed (its own waits are 30 s per step).
 const BROWSER_DEADLINE: Duration = Duration::from_secs(300);
@@ -155,48 +157,76 @@ async fn two_users_chat_live_in_headless_chromium() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let s = Standalone::start(dir.path(), &[]).await;
+    let mut s = Standalone::start(dir.path(), &[]).await;
     let shot = root.join("tests/artifacts/chat-page.png");
     let started = SystemTime::now();
 
-    let script = root.join("tests/js/chat-page.mjs");
-    let out = dir.path().join("chat-page.out.log");
+    // The script asks for the server to be stopped and started (`PAUSE stop|start` on stdout)
+    // and waits for `done stop|start` on stdin.
     let err = dir.path().join("chat-page.err.log");
-    let mut child = Command::new("node")
-        .arg(&script)
+    let mut child = tokio::process::Command::new("node")
+        .arg(root.join("tests/js/chat-page.mjs"))
         .arg(&s.proc.api)
+        .arg("--restarts")
         .current_dir(&root)
         .env("CHROMIUM", &chromium)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&err).unwrap())
+        .kill_on_drop(true)
         .spawn()
         .expect("spawn node");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
     let end = Instant::now() + BROWSER_DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
+    let script = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            println!("chat-page.mjs: {line}");
+            stdout.push_str(&line);
+            stdout.push('\n');
+            match line.as_str() {
+                "PAUSE stop" => {
+                    let pid = s.proc.pid().to_string();
+                    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+                    assert!(kill.success(), "kill -TERM {pid}");
+                    let status = common::wait_for("standalone to exit", START_DEADLINE, || {
+                        let st = s.proc.exited();
+                        async move { st }
+                    })
+                    .await;
+                    assert!(
+                        status.success(),
+                        "standalone exited with {status} on SIGTERM"
+                    );
+                    s.proc.kill9(); // reaps: the process is gone
+                    stdin.write_all(b"done stop\n").await.unwrap();
+                }
+                "PAUSE start" => {
+                    s.proc.restart().await;
+                    stdin.write_all(b"done start\n").await.unwrap();
+                }
+                _ => {}
+            }
         }
-        if Instant::now() >= end {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        child.wait().await.unwrap()
     };
+    let status = tokio::time::timeout_at(end.into(), script).await;
     let output = format!(
-        "---- stdout ----\n{}\n---- stderr ----\n{}",
-        std::fs::read_to_string(&out).unwrap_or_default(),
+        "---- stdout ----\n{stdout}\n---- stderr ----\n{}",
         std::fs::read_to_string(&err).unwrap_or_default()
     );
-    println!("{output}");
     match status {
-        Some(st) => assert!(st.success(), "chat-page.mjs failed ({st}):\n{output}"),
-        None => panic!("chat-page.mjs still ran after {BROWSER_DEADLINE:?}:\n{output}"),
+        Ok(st) => assert!(st.success(), "chat-page.mjs failed ({st}):\n{output}"),
+        Err(_) => panic!("chat-page.mjs still ran after {BROWSER_DEADLINE:?}:\n{output}"),
     }
     assert!(
         output.contains("chat page: all steps passed"),
         "chat-page.mjs did not finish its steps:\n{output}"
+    );
+    assert!(
+        output.contains("ok: the server starts again"),
+        "the restart steps did not run:\n{output}"
     );
 
     // The screenshot is this run's, and a PNG.
