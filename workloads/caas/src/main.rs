@@ -6,6 +6,7 @@
 mod demo;
 mod media;
 mod run;
+mod search;
 mod standalone;
 mod wire;
 
@@ -32,6 +33,8 @@ enum Command {
     Socket,
     /// The media API: uploads, downloads, signed URLs, thumbnails (docs/media.md).
     Media,
+    /// The search workload: indexes the log, answers /v1/search (docs/search.md).
+    Search,
     /// Everything in one process on embedded defaults (the default command).
     Standalone(standalone::Args),
     /// Prints the OpenAPI document of the REST API.
@@ -86,6 +89,7 @@ async fn main() -> std::process::ExitCode {
             .await
         }
         Command::Media => media::run(cli.config.as_deref()).await,
+        Command::Search => search::run(cli.config.as_deref()).await,
         Command::Standalone(args) => standalone::run(cli.config.as_deref(), args).await,
     };
     match result {

@@ -150,6 +150,24 @@ pub async fn start_with(
     } else {
         public
     };
+    // Search: /v1/search on the service port, its admin API on the internal port and its
+    // indexer, when the gateway and the pipeline share the process (standalone); `caas search`
+    // runs it alone.
+    let (searched, internal) = if parts.gateway && parts.pipeline {
+        crate::search::mount(
+            &cfg,
+            store.clone(),
+            bus.clone(),
+            &metrics,
+            public,
+            internal,
+            stop.clone(),
+        )
+        .await?
+    } else {
+        (public, internal)
+    };
+    public = searched;
     // The realtime server sits in front of the HTTP stack: its long-lived connections are not
     // requests (no request timeout, no request concurrency slot); it has its own metrics.
     let mut realtime = None;

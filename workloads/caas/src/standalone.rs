@@ -88,6 +88,7 @@ pub async fn run(config: Option<&Path>, args: Args) -> anyhow::Result<()> {
             c.media.backend = caas_config::MediaBackend::Local {
                 dir: path_str(&dir.join("media")),
             };
+            c.search.index_dir = path_str(&dir.join("search"));
             c
         }
     };

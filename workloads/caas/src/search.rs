@@ -1,0 +1,172 @@
+//! The search workload in the binary: `caas search` (the indexer and `/v1/search/...` alone,
+//! with its own health, metrics and admin API) and [`mount`], which adds search to another
+//! process (standalone): `/v1/search/...` on its service port, `/admin/v1/search/...` on its
+//! internal port, the indexer as a task.
+
+use crate::wire;
+use anyhow::Context as _;
+use axum::Router;
+use caas_bus::DynBus;
+use caas_config::Config;
+use caas_kit::health::Health;
+use caas_kit::metrics::Metrics;
+use caas_kit::server::{self, HttpSettings};
+use caas_kit::shutdown::{self, CancellationToken};
+use caas_search::{Engine, SearchMetrics, SearchState};
+use caas_store::DynStore;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+async fn state(
+    cfg: &Arc<Config>,
+    store: DynStore,
+    bus: DynBus,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<SearchState> {
+    let engine = Engine::new(
+        cfg.search.clone(),
+        store.clone(),
+        bus,
+        SearchMetrics::new(metrics),
+    )
+    .context("search configuration")?;
+    let (limiter, _, _) = wire::shared_state(cfg).await?;
+    Ok(SearchState {
+        engine,
+        auth: wire::authenticator(cfg, store)?,
+        limiter,
+        config: cfg.clone(),
+        admin_token: Arc::new(wire::admin_token(cfg)?),
+    })
+}
+
+fn spawn_indexer(engine: Arc<Engine>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = engine.run(stop).await {
+            tracing::error!(error = %e, "The search indexer stopped with an error.");
+        }
+    })
+}
+
+/// Adds search to already wrapped service and internal routers and starts the indexer (until
+/// `stop`; an unfinished batch is replayed, and skipped by the index's own positions, at the
+/// next start).
+pub async fn mount(
+    cfg: &Arc<Config>,
+    store: DynStore,
+    bus: DynBus,
+    metrics: &Arc<Metrics>,
+    public: Router,
+    internal: Router,
+    stop: CancellationToken,
+) -> anyhow::Result<(Router, Router)> {
+    let state = state(cfg, store, bus, metrics).await?;
+    let settings = HttpSettings::from(&cfg.server);
+    spawn_indexer(state.engine.clone(), stop);
+    Ok((
+        public.merge(server::wrap(
+            caas_search::router(state.clone()),
+            metrics,
+            &settings,
+        )),
+        internal.merge(server::wrap(
+            caas_search::internal_router(state),
+            metrics,
+            &settings,
+        )),
+    ))
+}
+
+/// `caas search`: runs until SIGTERM/SIGINT, then drains like every workload; the indexer
+/// finishes and commits its batch.
+pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = Arc::new(caas_kit::config::load(config)?);
+    caas_kit::telemetry::init(&cfg.log);
+    let stop = CancellationToken::new();
+    shutdown::on_signals(stop.clone());
+
+    let metrics = Metrics::new();
+    let store = wire::store(&cfg.store).await?;
+    let bus = wire::bus(&cfg.bus).await?;
+    let state = state(&cfg, store.clone(), bus.clone(), &metrics).await?;
+    let health = {
+        let (store, bus, engine) = (store.clone(), bus.clone(), state.engine.clone());
+        Health::builder()
+            .check("store", move || {
+                let store = store.clone();
+                async move { store.ping().await.map_err(|e| e.to_string()) }
+            })
+            .check("log", move || {
+                let bus = bus.clone();
+                async move { bus.ping().await.map_err(|e| e.to_string()) }
+            })
+            .check("search-index", move || {
+                let engine = engine.clone();
+                async move { engine.check() }
+            })
+            .build(Duration::from_millis(cfg.server.ready_cache_ms))
+    };
+    let settings = HttpSettings::from(&cfg.server);
+    let public = server::wrap(
+        health
+            .public_router()
+            .merge(caas_search::router(state.clone())),
+        &metrics,
+        &settings,
+    );
+    let internal = server::wrap(
+        health
+            .detail_router()
+            .merge(caas_search::internal_router(state.clone())),
+        &metrics,
+        &settings,
+    );
+    let bind = |addr: String| async move {
+        server::bind(&addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    };
+    let api_l = bind(cfg.server.listen.clone()).await?;
+    let int_l = bind(cfg.server.internal_listen.clone()).await?;
+    let met_l = bind(cfg.server.metrics_listen.clone()).await?;
+    tracing::info!(api = %api_l.local_addr()?, internal = %int_l.local_addr()?,
+        group = %state.engine.group_id, "Search listening.");
+
+    let http_stop = CancellationToken::new();
+    let mut servers = JoinSet::new();
+    servers.spawn(server::serve(api_l, public, http_stop.clone()));
+    servers.spawn(server::serve(int_l, internal, http_stop.clone()));
+    servers.spawn(server::serve(met_l, metrics.router(), http_stop.clone()));
+    let indexer_stop = CancellationToken::new();
+    let indexer = spawn_indexer(state.engine.clone(), indexer_stop.clone());
+
+    stop.cancelled().await;
+    let deadline = Duration::from_millis(cfg.server.shutdown_deadline_ms);
+    let started = tokio::time::Instant::now();
+    health.set_draining();
+    tokio::time::sleep(Duration::from_millis(cfg.server.drain_delay_ms)).await;
+    http_stop.cancel();
+    shutdown::with_deadline(
+        deadline.saturating_sub(started.elapsed()),
+        "HTTP drain",
+        async {
+            while let Some(r) = servers.join_next().await {
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "A listener failed while draining.");
+                }
+            }
+        },
+    )
+    .await;
+    indexer_stop.cancel();
+    shutdown::with_deadline(
+        deadline.saturating_sub(started.elapsed()),
+        "search indexer",
+        indexer,
+    )
+    .await;
+    tracing::info!("Stopped.");
+    Ok(())
+}
