@@ -77,6 +77,8 @@ pub struct Opts {
     pub min_part_bytes: u64,
     pub max_part_bytes: u64,
     pub allowed_types: Option<Vec<String>>,
+    /// Another S3 server than the one of `CAAS_TEST_S3_*`.
+    pub s3: Option<S3Config>,
 }
 
 impl Default for Opts {
@@ -87,6 +89,7 @@ impl Default for Opts {
             min_part_bytes: 5 * MIB,
             max_part_bytes: 6 * MIB,
             allowed_types: None,
+            s3: None,
         }
     }
 }
@@ -224,7 +227,7 @@ pub async fn harness(backend: Backend, opts: Opts) -> H {
     cfg.media.max_part_bytes = opts.max_part_bytes;
     cfg.media.signing_key = "k".repeat(40);
     cfg.media.metadata_path = dir.path().join("media.db").to_string_lossy().into_owned();
-    if let Some(types) = opts.allowed_types {
+    if let Some(types) = opts.allowed_types.clone() {
         cfg.media
             .tenant_allowed_types
             .insert(tenant.to_string(), types);
@@ -236,7 +239,7 @@ pub async fn harness(backend: Backend, opts: Opts) -> H {
             };
         }
         Backend::S3 => {
-            cfg.media.backend = MediaBackend::S3(s3_config());
+            cfg.media.backend = MediaBackend::S3(opts.s3.clone().unwrap_or_else(s3_config));
             cfg.store = StoreConfig::Mongodb {
                 uri: mongo_uri(),
                 database: format!("caas_media_{}", uuid::Uuid::now_v7().simple()),
