@@ -13,7 +13,8 @@ use object_store::local::LocalFileSystem;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart,
+    GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 use std::ops::Range;
 use std::sync::Arc;
@@ -64,7 +65,15 @@ impl Blobs {
 
     pub fn s3(c: &S3Config) -> anyhow::Result<Self> {
         anyhow::ensure!(!c.bucket.is_empty(), "media.backend.bucket is empty");
+        // Fail a request within about half a minute when S3 is down (the default retries for
+        // three minutes); a body that breaks mid-download is resumed from where it stopped.
+        let retry = RetryConfig {
+            max_retries: 4,
+            retry_timeout: std::time::Duration::from_secs(30),
+            ..RetryConfig::default()
+        };
         let mut b = AmazonS3Builder::from_env()
+            .with_retry(retry)
             .with_bucket_name(&c.bucket)
             .with_region(&c.region)
             .with_virtual_hosted_style_request(!c.path_style)
