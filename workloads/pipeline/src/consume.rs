@@ -12,7 +12,7 @@
 
 use crate::ctx::{Ctx, Stopped};
 use crate::error::{Stage, StageError};
-use crate::stages::{self, Lookups};
+use crate::stages::{self, Lookups, Senders};
 use caas_bus::{Delivery, last_positions, topics};
 use caas_store::{LogEvent, PERSIST_CONSUMER};
 use std::time::{Duration, Instant};
@@ -21,18 +21,50 @@ use std::time::{Duration, Instant};
 type Prepared = Vec<Result<(LogEvent, String), StageError>>;
 
 /// Runs the stages before persistence over the batch. `Err` only for a transient failure (the
-/// whole batch waits for the store and runs again).
-async fn prepare_all(ctx: &Ctx, batch: &[Delivery]) -> Result<Prepared, StageError> {
-    let mut lookups = Lookups::new(ctx.store.as_ref());
+/// whole batch waits for the store and runs again). `previous`: messages created by the batch
+/// before, which may still be being persisted.
+async fn prepare_all(
+    ctx: &Ctx,
+    batch: &[Delivery],
+    previous: &Senders,
+) -> Result<(Prepared, Senders), StageError> {
+    let started = Instant::now();
+    let pure = stages::pure_all(batch).await;
+    observe(ctx, Stage::Validate, started);
+    let started = Instant::now();
+    let mut lookups = Lookups::after(ctx.store.as_ref(), previous.clone());
     let mut out = Vec::with_capacity(batch.len());
-    for d in batch {
-        match stages::prepare(&mut lookups, d).await {
-            Ok((ev, env)) => out.push(Ok((ev, env.correlation_id))),
+    for (d, p) in batch.iter().zip(pure) {
+        let r = match p {
+            Ok(decoded) => stages::checked(&mut lookups, d, decoded).await,
+            Err(e) => Err(e),
+        };
+        match r {
             Err(e) if e.is_transient() => return Err(e),
-            Err(e) => out.push(Err(e)),
+            r => out.push(r),
         }
     }
-    Ok(out)
+    observe(ctx, Stage::Authorize, started);
+    let mut created = lookups.into_created();
+    created.retain(|k, _| !previous.contains_key(k));
+    Ok((out, created))
+}
+
+/// The stages before persistence of a batch, waiting out outages.
+pub async fn prepare(
+    ctx: &Ctx,
+    batch: &[Delivery],
+    previous: &Senders,
+) -> Result<(Prepared, Senders), Stopped> {
+    match ctx
+        .until_ok(Stage::Authorize, move || prepare_all(ctx, batch, previous))
+        .await
+    {
+        Ok(p) => Ok(p),
+        Err(Ok(Stopped)) => Err(Stopped),
+        // prepare_all returns only transient errors as Err.
+        Err(Err(e)) => Ok((vec![Err(e); batch.len()], Senders::new())),
+    }
 }
 
 fn observe(ctx: &Ctx, stage: Stage, since: Instant) {
@@ -44,18 +76,12 @@ fn observe(ctx: &Ctx, stage: Stage, since: Instant) {
 
 /// Processes one batch of conversation events up to (not including) the commit.
 pub async fn process(ctx: &Ctx, batch: &[Delivery]) -> Result<(), Stopped> {
-    // Stages before persistence.
-    let started = Instant::now();
-    let prepared = match ctx
-        .until_ok(Stage::Authorize, move || prepare_all(ctx, batch))
-        .await
-    {
-        Ok(p) => p,
-        Err(Ok(Stopped)) => return Err(Stopped),
-        // prepare_all returns only transient errors as Err.
-        Err(Err(e)) => vec![Err(e); batch.len()],
-    };
-    observe(ctx, Stage::Validate, started);
+    let (prepared, _) = prepare(ctx, batch, &Senders::new()).await?;
+    finish(ctx, batch, prepared).await
+}
+
+/// The stages from persistence on, for a prepared batch, up to (not including) the commit.
+pub async fn finish(ctx: &Ctx, batch: &[Delivery], prepared: Prepared) -> Result<(), Stopped> {
     let mut events: Vec<(usize, LogEvent, String)> = Vec::with_capacity(batch.len());
     let mut dead: Vec<(usize, StageError)> = Vec::new();
     for (i, r) in prepared.into_iter().enumerate() {
@@ -186,43 +212,84 @@ fn accepted_at(e: &caas_domain::event::ConversationEvent) -> Option<time::Offset
     }
 }
 
-/// The conversation-events consumer. Returns when stopped, after finishing and committing
-/// the current batch.
+/// A batch read and prepared, waiting for persistence.
+struct Held {
+    batch: Vec<Delivery>,
+    prepared: Prepared,
+    created: Senders,
+}
+
+/// Reads the next batch and prepares it. `Ok(None)`: nothing to read within the linger.
+async fn read_and_prepare(
+    ctx: &Ctx,
+    consumer: &mut dyn caas_bus::Consumer,
+    previous: &Senders,
+) -> Result<Option<Held>, Stopped> {
+    let linger = Duration::from_millis(ctx.cfg.batch_linger_ms);
+    let max = ctx.cfg.batch_max_events.max(1);
+    let batch = tokio::select! {
+        _ = ctx.stop.cancelled() => return Err(Stopped),
+        b = consumer.next_batch(max, linger) => b,
+    };
+    let batch = match batch {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.count(&StageError::bus(Stage::Consume, &e));
+            tracing::warn!(error = %e, "Failed to read from the log; retrying.");
+            tokio::select! {
+                _ = ctx.stop.cancelled() => return Err(Stopped),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => return Ok(None),
+            }
+        }
+    };
+    if batch.is_empty() {
+        return Ok(None);
+    }
+    ctx.metrics.received.inc_by(batch.len() as u64);
+    let (prepared, created) = prepare(ctx, &batch, previous).await?;
+    Ok(Some(Held {
+        batch,
+        prepared,
+        created,
+    }))
+}
+
+/// The conversation-events consumer. Two batches are in flight: while one is persisted,
+/// notified and committed, the next is read and prepared (validate, transform, tenant,
+/// authorize) — the stages before persistence only read the store, and the messages the
+/// first batch creates are handed to the second's authorization. Commits stay in batch order.
+/// Returns when stopped, after finishing and committing the batch being persisted.
 pub async fn run_events(ctx: &Ctx) -> Result<(), caas_bus::BusError> {
     let mut consumer = ctx
         .bus
         .consumer(&ctx.cfg.group_id, &[topics::CONVERSATION_EVENTS])
         .await?;
     tracing::info!(group = %ctx.cfg.group_id, "Pipeline consumer started.");
-    let linger = Duration::from_millis(ctx.cfg.batch_linger_ms);
-    let max = ctx.cfg.batch_max_events.max(1);
+    let mut held: Option<Held> = None;
     loop {
-        let batch = tokio::select! {
-            _ = ctx.stop.cancelled() => break,
-            b = consumer.next_batch(max, linger) => b,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                ctx.count(&StageError::bus(Stage::Consume, &e));
-                tracing::warn!(error = %e, "Failed to read from the log; retrying.");
-                tokio::select! {
-                    _ = ctx.stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                }
+        let Some(h) = held.take() else {
+            match read_and_prepare(ctx, consumer.as_mut(), &Senders::new()).await {
+                Ok(next) => held = next,
+                Err(Stopped) => break,
             }
-        };
-        if batch.is_empty() {
             continue;
-        }
-        ctx.metrics.received.inc_by(batch.len() as u64);
-        if process(ctx, &batch).await.is_err() {
+        };
+        let (finished, next) = tokio::join!(
+            finish(ctx, &h.batch, h.prepared),
+            read_and_prepare(ctx, consumer.as_mut(), &h.created)
+        );
+        if finished.is_err() {
             break; // stopped while a dependency was down: nothing committed, replayed next start
         }
-        if let Err(e) = consumer.commit(&last_positions(&batch)).await {
+        if let Err(e) = consumer.commit(&last_positions(&h.batch)).await {
             // The effects are durable; the batch will replay and apply as duplicates.
             ctx.count(&StageError::bus(Stage::Commit, &e));
             tracing::warn!(error = %e, "Failed to commit consumer offsets.");
+        }
+        match next {
+            Ok(n) => held = n,
+            // The next batch is dropped uncommitted: the group redelivers it.
+            Err(Stopped) => break,
         }
     }
     if let Err(e) = consumer.close().await {

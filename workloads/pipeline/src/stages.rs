@@ -112,6 +112,9 @@ pub fn is_content(event: &ConversationEvent) -> bool {
 
 type ConvKey = (TenantId, ConversationId);
 
+/// Senders of recently created messages, by tenant and message id.
+pub type Senders = HashMap<(TenantId, MessageId), UserId>;
+
 /// Store lookups of one batch, cached.
 pub struct Lookups<'a> {
     store: &'a dyn Store,
@@ -119,7 +122,7 @@ pub struct Lookups<'a> {
     conversations: HashMap<ConvKey, Option<Conversation>>,
     members: HashMap<(ConvKey, UserId), Option<Member>>,
     /// Senders of messages created earlier in this batch (not stored yet).
-    senders: HashMap<(TenantId, MessageId), UserId>,
+    senders: Senders,
 }
 
 impl<'a> Lookups<'a> {
@@ -203,6 +206,19 @@ impl<'a> Lookups<'a> {
     /// Remembers a message created in this batch, for edits and deletes later in the batch.
     pub fn created(&mut self, t: &TenantId, m: &MessageId, sender: &UserId) {
         self.senders.insert((t.clone(), *m), sender.clone());
+    }
+
+    /// Lookups that also know the messages created by the previous batch (which may still
+    /// be being persisted while this one is prepared).
+    pub fn after(store: &'a dyn Store, previous: Senders) -> Self {
+        let mut l = Self::new(store);
+        l.senders = previous;
+        l
+    }
+
+    /// The messages created in this batch (for [`Lookups::after`]).
+    pub fn into_created(self) -> Senders {
+        self.senders
     }
 }
 
@@ -326,19 +342,60 @@ pub fn transform(event: ConversationEvent) -> ConversationEvent {
     }
 }
 
-/// Every stage before persistence for one record, in order: validate, tenant, authorize,
-/// transform. Returns the event ready for the store.
-pub async fn prepare(
+/// The stages of one record that need no store: validation (decode, then the event's fields)
+/// and transformation. Pure, so a batch runs them in parallel ([`pure_all`]).
+pub fn pure(d: &Delivery) -> Result<Decoded, StageError> {
+    let Decoded {
+        mut envelope,
+        conversation_id,
+    } = decode(d)?;
+    validate(&envelope.event)?;
+    envelope.event = transform(envelope.event);
+    Ok(Decoded {
+        envelope,
+        conversation_id,
+    })
+}
+
+/// [`pure`] over a batch, split across the blocking pool's threads (one chunk per core) when
+/// the batch is large enough to be worth it. Results are in batch order.
+pub async fn pure_all(batch: &[Delivery]) -> Vec<Result<Decoded, StageError>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || batch.len() < 256 {
+        return batch.iter().map(pure).collect();
+    }
+    let chunk = batch.len().div_ceil(cores);
+    let tasks: Vec<_> = batch
+        .chunks(chunk)
+        .map(|c| {
+            let c = c.to_vec();
+            tokio::task::spawn_blocking(move || c.iter().map(pure).collect::<Vec<_>>())
+        })
+        .collect();
+    let mut out = Vec::with_capacity(batch.len());
+    for (t, c) in tasks.into_iter().zip(batch.chunks(chunk)) {
+        match t.await {
+            Ok(r) => out.extend(r),
+            // A panic in a pure stage (a bug): run that chunk here to get its errors or results.
+            Err(_) => out.extend(c.iter().map(pure)),
+        }
+    }
+    out
+}
+
+/// The stages of one record that read the store, after [`pure`]: tenant context, then
+/// authorization. Returns the event ready for the store and the correlation id.
+pub async fn checked(
     lookups: &mut Lookups<'_>,
     d: &Delivery,
-) -> Result<(LogEvent, Envelope<ConversationEvent>), StageError> {
+    decoded: Decoded,
+) -> Result<(LogEvent, String), StageError> {
     let Decoded {
         envelope,
         conversation_id,
-    } = decode(d)?;
+    } = decoded;
     let content = is_content(&envelope.event);
     tenant_context(lookups, &envelope.tenant_id, content).await?;
-    validate(&envelope.event)?;
     authorize_event(
         lookups,
         &envelope.tenant_id,
@@ -349,17 +406,26 @@ pub async fn prepare(
     if let ConversationEvent::MessageCreated(m) = &envelope.event {
         lookups.created(&envelope.tenant_id, &m.message_id, &m.sender_id);
     }
-    let event = transform(envelope.event.clone());
     Ok((
         LogEvent {
             partition: d.partition,
             offset: d.offset,
-            tenant_id: envelope.tenant_id.clone(),
+            tenant_id: envelope.tenant_id,
             conversation_id,
-            event,
+            event: envelope.event,
         },
-        envelope,
+        envelope.correlation_id,
     ))
+}
+
+/// Every stage before persistence for one record, in order: validate, transform, tenant,
+/// authorize.
+pub async fn prepare(
+    lookups: &mut Lookups<'_>,
+    d: &Delivery,
+) -> Result<(LogEvent, String), StageError> {
+    let decoded = pure(d)?;
+    checked(lookups, d, decoded).await
 }
 
 #[cfg(test)]

@@ -264,3 +264,65 @@ async fn stop_mid_stream_and_restart_stores_everything_once_in_order() {
         "unread counts every message once, minus the deleted one"
     );
 }
+
+/// Batches are pipelined (the next is authorized while the previous is persisted): an edit
+/// right after its message, in the next batch, must still find the message's sender. With
+/// one event per batch every edit is prepared while its message may still be in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_in_the_batch_after_its_message_is_authorized_and_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("store.db")).unwrap();
+    let log = Arc::new(EmbeddedLog::open(dir.path().join("log.db"), 1).unwrap());
+    let conv = ConversationId::parse("room").unwrap();
+    setup(&store, &conv, &["ann", "ben"]).await;
+    let ids: Vec<MessageId> = (0..150).map(|_| MessageId::generate()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        publish(&log, &conv, created(*id, "ann", &format!("m{i}"))).await;
+        publish(
+            &log,
+            &conv,
+            ConversationEvent::MessageUpdated(MessageUpdated {
+                message_id: *id,
+                editor_id: UserId::parse("ann").unwrap(),
+                text: format!("e{i}"),
+                html: String::new(),
+                mentions: vec![],
+                links: vec![],
+                hashtags: vec![],
+                edited_at: OffsetDateTime::now_utc(),
+            }),
+        )
+        .await;
+    }
+    let (stop, h) = start(Arc::new(store.clone()), log.clone(), 1);
+    wait_progress(&store, &log, &conv).await;
+    stop.cancel();
+    h.await.unwrap();
+    let dead = store
+        .list_dead_letters(&caas_store::DeadLetterQuery {
+            limit: 10,
+            ..caas_store::DeadLetterQuery::default()
+        })
+        .await
+        .unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+    let mut page = MessagePage::After {
+        position: -1,
+        limit: 500,
+    };
+    let mut texts = Vec::new();
+    loop {
+        let got = store
+            .list_messages(&t(), &conv, Thread::TopLevel, page)
+            .await
+            .unwrap();
+        let Some(last) = got.last() else { break };
+        page = MessagePage::After {
+            position: last.position,
+            limit: 500,
+        };
+        texts.extend(got.into_iter().map(|m| m.text));
+    }
+    let want: Vec<String> = (0..150).map(|i| format!("e{i}")).collect();
+    assert_eq!(texts, want);
+}
