@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Http, START_DEADLINE, Standalone};
+use common::{Http, START_DEADLINE, Standalone, free_port, start_workload};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -132,6 +132,50 @@ async fn demo_endpoints_serve_the_page_and_seed_once() {
     check_seed(conversations(&s.http, &ann).await);
     assert_eq!(welcome(s.http.clone(), ann).await, 1);
     s.proc.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caas_gateway_has_no_page_and_no_demo_endpoints() {
+    // Standalone makes the keys, the admin token and the data; then `caas gateway` on them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Standalone::start(dir.path(), &[]).await;
+    s.proc.kill9();
+    let data = s.data_dir.display().to_string();
+    let (api, internal, metrics) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server:\n  listen: 127.0.0.1:{api}\n  internalListen: 127.0.0.1:{internal}\n  \
+             metricsListen: 127.0.0.1:{metrics}\nstore:\n  kind: embedded\n  path: {data}/store.db\n\
+             bus:\n  kind: embedded\n  path: {data}/log.db\nauth:\n  keysDir: {data}/keys\n\
+             admin:\n  tokenFile: {data}/admin-token\n"
+        ),
+    )
+    .unwrap();
+    let gw = start_workload(
+        "gateway",
+        dir.path(),
+        "gateway",
+        &config,
+        api,
+        internal,
+        &[],
+    )
+    .await;
+    let http = Http::new(&gw.api, &gw.internal, &s.info.admin_token);
+    let r = http.call("GET", "/v1/openapi.json", None, None).await;
+    r.expect(200, "the gateway serves its API");
+    for (method, path, body) in [
+        ("GET", "/", None),
+        ("GET", "/assets/chat.js", None),
+        ("GET", "/demo/users", None),
+        ("POST", "/demo/token", Some(json!({"user_id": "ann"}))),
+    ] {
+        let r = http.call(method, path, None, body.as_ref()).await;
+        assert_eq!(r.status, 404, "{method} {path} on caas gateway: {}", r.body);
+    }
+    gw.assert_no_panics();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
