@@ -86,7 +86,7 @@ export function closeAll() {
 
 export function connect(token, opts = {}) {
   const state = { cursor: opts.cursor, events: [], sessions: [] };
-  const socket = io(API, {
+  const socket = io(opts.url || API, {
     transports: ["websocket"],
     reconnection: false,
     forceNew: true,

@@ -65,17 +65,16 @@ pub async fn mount(
     let state = state(cfg, store, bus, metrics).await?;
     let settings = HttpSettings::from(&cfg.server);
     spawn_indexer(state.engine.clone(), stop);
+    // Nested (each with the standard stack): wrapped routers have fallbacks and cannot merge.
     Ok((
-        public.merge(server::wrap(
-            caas_search::router(state.clone()),
-            metrics,
-            &settings,
-        )),
-        internal.merge(server::wrap(
-            caas_search::internal_router(state),
-            metrics,
-            &settings,
-        )),
+        public.nest(
+            caas_search::PUBLIC_PREFIX,
+            server::wrap(caas_search::routes(state.clone()), metrics, &settings),
+        ),
+        internal.nest(
+            caas_search::INTERNAL_PREFIX,
+            server::wrap(caas_search::internal_routes(state), metrics, &settings),
+        ),
     ))
 }
 

@@ -12,106 +12,12 @@
 
 mod common;
 
-use common::{Http, Proc, free_port, start_workload, unique};
-use ed25519_dalek::pkcs8::EncodePrivateKey;
+use common::cluster::{required_env, start, write_secrets};
+use common::{Http, unique};
 use serde_json::json;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const PER_USER_PER_MINUTE: usize = 10;
-
-fn required_env(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v,
-        _ => panic!(
-            "{name} is not set. This test needs real MongoDB, Kafka and Redis servers: run it \
-             through scripts/test.sh, which starts them and sets CAAS_TEST_MONGODB_URI, \
-             CAAS_TEST_KAFKA_BROKERS and CAAS_TEST_REDIS_URL."
-        ),
-    }
-}
-
-/// Writes a fresh Ed25519 signing key `<dir>/keys/<kid>.pem` and an admin token file.
-fn write_secrets(dir: &Path) -> String {
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys).expect("keys dir");
-    let mut seed = [0u8; 32];
-    seed[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    seed[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let pem = ed25519_dalek::SigningKey::from_bytes(&seed)
-        .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-        .expect("PKCS#8 PEM");
-    std::fs::write(keys.join(format!("{}.pem", unique("k-"))), pem.as_bytes()).expect("key");
-    let token = format!("adm_{}", uuid::Uuid::new_v4().simple());
-    std::fs::write(dir.join("admin-token"), &token).expect("admin token");
-    token
-}
-
-struct Ports {
-    api: u16,
-    internal: u16,
-    metrics: u16,
-}
-
-fn ports() -> Ports {
-    Ports {
-        api: free_port(),
-        internal: free_port(),
-        metrics: free_port(),
-    }
-}
-
-/// The YAML configuration of one process.
-fn config(dir: &Path, run: &str, brokers: &str, p: &Ports) -> String {
-    format!(
-        r#"server:
-  listen: "127.0.0.1:{api}"
-  internalListen: "127.0.0.1:{internal}"
-  metricsListen: "127.0.0.1:{metrics}"
-log:
-  level: info
-store:
-  kind: mongodb
-  database: "caas_{run}"
-bus:
-  kind: kafka
-  brokers: "{brokers}"
-  topicPrefix: "{run}."
-  partitions: 3
-  replicationFactor: 1
-  createTopics: true
-redis:
-  keyPrefix: "{run}:"
-auth:
-  keysDir: "{keys}"
-admin:
-  tokenFile: "{token}"
-limits:
-  messagesPerMinutePerUser: {PER_USER_PER_MINUTE}
-pipeline:
-  groupId: "caas-pipeline-{run}"
-"#,
-        api = p.api,
-        internal = p.internal,
-        metrics = p.metrics,
-        keys = dir.join("keys").display(),
-        token = dir.join("admin-token").display(),
-    )
-}
-
-async fn start(
-    name: &str,
-    subcommand: &str,
-    dir: &Path,
-    run: &str,
-    brokers: &str,
-    env: &[(&str, &str)],
-) -> Proc {
-    let p = ports();
-    let file = dir.join(format!("{name}.yaml"));
-    std::fs::write(&file, config(dir, run, brokers, &p)).expect("config file");
-    start_workload(name, dir, subcommand, &file, p.api, p.internal, env).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_gateways_and_a_pipeline_share_mongodb_kafka_and_redis() {
@@ -127,10 +33,36 @@ async fn two_gateways_and_a_pipeline_share_mongodb_kafka_and_redis() {
     ];
 
     // The pipeline first (it creates the topics), then both gateways.
-    let pipeline = start("pipeline", "pipeline", dir.path(), &run, &brokers, &env).await;
+    let limits = format!("limits:\n  messagesPerMinutePerUser: {PER_USER_PER_MINUTE}\n");
+    let pipeline = start(
+        "pipeline",
+        "pipeline",
+        dir.path(),
+        &run,
+        &brokers,
+        &limits,
+        &env,
+    )
+    .await;
     let (gw_a, gw_b) = tokio::join!(
-        start("gateway-a", "gateway", dir.path(), &run, &brokers, &env),
-        start("gateway-b", "gateway", dir.path(), &run, &brokers, &env),
+        start(
+            "gateway-a",
+            "gateway",
+            dir.path(),
+            &run,
+            &brokers,
+            &limits,
+            &env
+        ),
+        start(
+            "gateway-b",
+            "gateway",
+            dir.path(),
+            &run,
+            &brokers,
+            &limits,
+            &env
+        ),
     );
     let a = Http::new(&gw_a.api, &gw_a.internal, &admin_token);
     let b = Http::new(&gw_b.api, &gw_b.internal, &admin_token);

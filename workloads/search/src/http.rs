@@ -71,26 +71,36 @@ impl FromRequestParts<SearchState> for Admin {
     }
 }
 
-/// The public routes.
-pub fn router(state: SearchState) -> Router {
+/// The public routes, relative to `/v1/search` (for `Router::nest`).
+pub fn routes(state: SearchState) -> Router {
     Router::new()
-        .route("/v1/search/messages", get(search_messages))
-        .route("/v1/search/conversations", get(search_conversations))
-        .route("/v1/search/users", get(search_users))
-        .route("/v1/search/suggest", get(suggest))
+        .route("/messages", get(search_messages))
+        .route("/conversations", get(search_conversations))
+        .route("/users", get(search_users))
+        .route("/suggest", get(suggest))
         .with_state(state)
 }
 
-/// The internal (admin) routes.
-pub fn internal_router(state: SearchState) -> Router {
+/// The public routes under `/v1/search`.
+pub fn router(state: SearchState) -> Router {
+    Router::new().nest(PUBLIC_PREFIX, routes(state))
+}
+
+/// The internal (admin) routes, relative to `/admin/v1/search`.
+pub fn internal_routes(state: SearchState) -> Router {
     Router::new()
-        .route(
-            "/admin/v1/search/rebuild",
-            get(rebuild_status).post(start_rebuild),
-        )
-        .route("/admin/v1/search/status", get(index_status))
+        .route("/rebuild", get(rebuild_status).post(start_rebuild))
+        .route("/status", get(index_status))
         .with_state(state)
 }
+
+/// The internal (admin) routes under `/admin/v1/search`.
+pub fn internal_router(state: SearchState) -> Router {
+    Router::new().nest(INTERNAL_PREFIX, internal_routes(state))
+}
+
+pub const PUBLIC_PREFIX: &str = "/v1/search";
+pub const INTERNAL_PREFIX: &str = "/admin/v1/search";
 
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {

@@ -24,5 +24,7 @@ pub mod query;
 pub mod schema;
 
 pub use engine::Engine;
-pub use http::{SearchState, internal_router, router};
+pub use http::{
+    INTERNAL_PREFIX, PUBLIC_PREFIX, SearchState, internal_router, internal_routes, router, routes,
+};
 pub use metrics::SearchMetrics;

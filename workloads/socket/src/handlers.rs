@@ -167,10 +167,7 @@ async fn connected<A: Adapter>(rt: Arc<Rt<A>>, s: SocketRef<A>, auth: Option<Aut
     match subscribe(&rt, &s, &sess, resume).await {
         Ok(rooms) => {
             *sess.rooms.lock() = rooms.clone();
-            let first = s
-                .extensions
-                .get::<FirstConnection>()
-                .is_some_and(|f| f.0);
+            let first = s.extensions.get::<FirstConnection>().is_some_and(|f| f.0);
             if first && !rooms.is_empty() {
                 announce_presence(&rt, &s, &sess, rooms, true).await;
             }
@@ -183,10 +180,7 @@ async fn connected<A: Adapter>(rt: Arc<Rt<A>>, s: SocketRef<A>, auth: Option<Aut
 /// connection is closed.
 fn refuse_after_connect<A: Adapter>(rt: &Rt<A>, s: &SocketRef<A>, code: ErrorCode, msg: &str) {
     rt.metrics.errors.with_label_values(&[code.as_str()]).inc();
-    let _ = s.emit(
-        "error",
-        &json!({"code": code.as_str(), "message": msg}),
-    );
+    let _ = s.emit("error", &json!({"code": code.as_str(), "message": msg}));
     let _ = s.clone().disconnect();
 }
 
@@ -253,7 +247,10 @@ async fn subscribe<A: Adapter>(
                 ));
             }
             Err(SubscribeError::Stopped) => {
-                return Err(ApiError::new(ErrorCode::Unavailable, "the server is stopping"));
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the server is stopping",
+                ));
             }
         }
     }
@@ -319,7 +316,10 @@ async fn catch_up<A: Adapter>(
     let mut sent = 0u64;
     while cursor.0.iter().zip(floor).any(|(c, f)| c < f) {
         if Instant::now() > deadline || !s.connected() {
-            return Err(ApiError::new(ErrorCode::Unavailable, "catch-up took too long"));
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "catch-up took too long",
+            ));
         }
         let batch = reader.next_batch(1000, Duration::from_millis(500)).await?;
         for d in batch {
@@ -414,10 +414,7 @@ pub(crate) async fn heartbeat<A: Adapter>(
 /// Tells one client to reconnect elsewhere, waits (bounded) for its in-flight acks, disconnects.
 pub(crate) async fn send_away<A: Adapter>(s: SocketRef<A>) {
     let jitter = rand::random_range(0..1000u64);
-    let _ = s.emit(
-        "server.draining",
-        &json!({"reconnect_in_ms": jitter}),
-    );
+    let _ = s.emit("server.draining", &json!({"reconnect_in_ms": jitter}));
     let deadline = Instant::now() + Duration::from_secs(2);
     if let Some(sess) = session(&s) {
         while sess.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -486,7 +483,10 @@ where
                         v
                     }
                     Err(e) => {
-                        rt.metrics.errors.with_label_values(&[e.code.as_str()]).inc();
+                        rt.metrics
+                            .errors
+                            .with_label_values(&[e.code.as_str()])
+                            .inc();
                         let mut err = json!({"code": e.code.as_str(), "message": e.message});
                         if let Some(r) = e.retry_after {
                             err["retry_after"] = json!(r);
@@ -593,8 +593,14 @@ fn events<A: Adapter>(rt: &Arc<Rt<A>>, s: &SocketRef<A>) {
     });
     on(rt, s, "message.edit", |rt, _s, caller, data| async move {
         let req: EditReq = parse(data)?;
-        let done = write::edit(&rt.app, &caller, &req.conversation_id, req.message_id, req.text)
-            .await?;
+        let done = write::edit(
+            &rt.app,
+            &caller,
+            &req.conversation_id,
+            req.message_id,
+            req.text,
+        )
+        .await?;
         Ok(json!({
             "message_id": done.message.id,
             "partition": done.partition,
@@ -605,7 +611,9 @@ fn events<A: Adapter>(rt: &Arc<Rt<A>>, s: &SocketRef<A>) {
     on(rt, s, "message.delete", |rt, _s, caller, data| async move {
         let req: MessageRef = parse(data)?;
         let pos = write::delete(&rt.app, &caller, &req.conversation_id, req.message_id).await?;
-        let mut v = pos.map(position).unwrap_or_else(|| json!({"server_time": now_rfc3339()}));
+        let mut v = pos
+            .map(position)
+            .unwrap_or_else(|| json!({"server_time": now_rfc3339()}));
         v["message_id"] = json!(req.message_id);
         Ok(v)
     });
@@ -621,19 +629,24 @@ fn events<A: Adapter>(rt: &Arc<Rt<A>>, s: &SocketRef<A>) {
         .await?;
         Ok(position(pos))
     });
-    on(rt, s, "reaction.remove", |rt, _s, caller, data| async move {
-        let req: ReactionReq = parse(data)?;
-        let pos = write::remove_reaction(
-            &rt.app,
-            &caller,
-            &req.conversation_id,
-            req.message_id,
-            req.kind,
-            None,
-        )
-        .await?;
-        Ok(position(pos))
-    });
+    on(
+        rt,
+        s,
+        "reaction.remove",
+        |rt, _s, caller, data| async move {
+            let req: ReactionReq = parse(data)?;
+            let pos = write::remove_reaction(
+                &rt.app,
+                &caller,
+                &req.conversation_id,
+                req.message_id,
+                req.kind,
+                None,
+            )
+            .await?;
+            Ok(position(pos))
+        },
+    );
     on(rt, s, "read.mark", |rt, _s, caller, data| async move {
         let req: ReadReq = parse(data)?;
         let m = write::mark_read(&rt.app, &caller, &req.conversation_id, req.position).await?;

@@ -365,10 +365,7 @@ impl<A: Adapter> Hub<A> {
         let cursor = Cursor(e.stamp.clone()).encode();
         e.payload = stamped(&e.payload, &cursor);
         let io = &self.io;
-        let user_room = e
-            .member
-            .as_ref()
-            .map(|(u, _)| user_room(&e.tenant, u));
+        let user_room = e.member.as_ref().map(|(u, _)| user_room(&e.tenant, u));
         // A member who joins gets the event that says so; one who leaves gets it before leaving.
         if let (Some((_, true)), Some(ur)) = (&e.member, &user_room)
             && let Err(err) = io.local().to(ur.clone()).join(e.room.clone()).await
@@ -383,10 +380,7 @@ impl<A: Adapter> Hub<A> {
         {
             tracing::warn!(error = %err, "Failed to move sockets out of a room.");
         }
-        self.metrics
-            .events_out
-            .with_label_values(&[e.name])
-            .inc();
+        self.metrics.events_out.with_label_values(&[e.name]).inc();
         let lag = (OffsetDateTime::now_utc() - occurred_at).as_seconds_f64();
         self.metrics.fanout_lag.observe(lag.max(0.0));
         self.window.push_back(Arc::new(e));
@@ -461,7 +455,11 @@ impl<A: Adapter> Hub<A> {
                     continue;
                 }
                 let cursor = c.max(&e.stamp).encode();
-                if sub.socket.emit(e.name, &stamped(&e.payload, &cursor)).is_ok() {
+                if sub
+                    .socket
+                    .emit(e.name, &stamped(&e.payload, &cursor))
+                    .is_ok()
+                {
                     replayed += 1;
                 }
             }

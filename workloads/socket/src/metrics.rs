@@ -1,7 +1,9 @@
 //! Metrics of the realtime workload (`caas_socket_*`).
 
 use caas_kit::metrics::Metrics;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+};
 
 #[derive(Clone)]
 pub struct SocketMetrics {
@@ -49,7 +51,10 @@ impl SocketMetrics {
             )
             .expect("literal metric"),
             events_out: IntCounterVec::new(
-                Opts::new("socket_events_out_total", "Events emitted by name (per emit)."),
+                Opts::new(
+                    "socket_events_out_total",
+                    "Events emitted by name (per emit).",
+                ),
                 &["event"],
             )
             .expect("literal metric"),

@@ -101,11 +101,7 @@ impl Presence for MemoryPresence {
         let exp = Instant::now() + self.ttl;
         let mut g = self.inner.lock();
         for c in conns {
-            if let Some(e) = g
-                .tenants
-                .get_mut(&c.tenant)
-                .and_then(|t| t.get_mut(&c.id))
-            {
+            if let Some(e) = g.tenants.get_mut(&c.tenant).and_then(|t| t.get_mut(&c.id)) {
                 *e = exp;
             }
             if let Some(e) = g

@@ -5,6 +5,8 @@
 //! Each test binary uses a subset of these helpers.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fs::File;
