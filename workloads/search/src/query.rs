@@ -325,6 +325,45 @@ fn escape(s: &str) -> String {
     out
 }
 
+/// Longest highlight fragment.
+const HIGHLIGHT_CHARS: usize = 160;
+
+/// The highlight of `text`: the whole text when it is short, else the snippet's fragment with
+/// `…` where it was cut; escaped, matches in `<mark>`.
+fn highlight_html(text: &str, snippet: &tantivy::snippet::Snippet) -> String {
+    if snippet.is_empty() {
+        return escape(truncate(text, HIGHLIGHT_CHARS));
+    }
+    let frag = snippet.fragment_range();
+    let whole = text.chars().count() <= HIGHLIGHT_CHARS;
+    let (start, end) = if whole {
+        (0, text.len())
+    } else {
+        (frag.start, frag.end)
+    };
+    let mut out = String::new();
+    if start > 0 {
+        out.push('…');
+    }
+    let mut at = start;
+    for r in snippet.highlighted() {
+        let (a, b) = (frag.start + r.start, frag.start + r.end);
+        if a < at || b > end || !text.is_char_boundary(a) || !text.is_char_boundary(b) {
+            continue;
+        }
+        out.push_str(&escape(&text[at..a]));
+        out.push_str("<mark>");
+        out.push_str(&escape(&text[a..b]));
+        out.push_str("</mark>");
+        at = b;
+    }
+    out.push_str(&escape(&text[at..end]));
+    if end < text.len() {
+        out.push('…');
+    }
+    out
+}
+
 fn truncate(s: &str, chars: usize) -> &str {
     match s.char_indices().nth(chars) {
         Some((i, _)) => &s[..i],
@@ -457,7 +496,7 @@ pub fn search_messages(
     let snippets = match &text {
         Some(t) => {
             let mut sg = SnippetGenerator::create(&searcher, t.as_ref(), f.text)?;
-            sg.set_max_num_chars(160);
+            sg.set_max_num_chars(HIGHLIGHT_CHARS);
             Some(sg)
         }
         None => None,
@@ -473,16 +512,8 @@ pub fn search_messages(
             continue;
         }
         let highlight = match &snippets {
-            Some(sg) => {
-                let mut sn = sg.snippet(&m.text);
-                sn.set_snippet_prefix_postfix("<mark>", "</mark>");
-                if sn.is_empty() {
-                    escape(truncate(&m.text, 160))
-                } else {
-                    sn.to_html()
-                }
-            }
-            None => escape(truncate(&m.text, 160)),
+            Some(sg) => highlight_html(&m.text, &sg.snippet(&m.text)),
+            None => escape(truncate(&m.text, HIGHLIGHT_CHARS)),
         };
         out.push(Hit {
             message: m,

@@ -487,7 +487,12 @@ async fn relevance_filters_and_pagination_on_a_fixed_corpus() {
     assert_eq!(with_file.hits[0].message.text, "menu photo of the pizzeria");
     assert!(with_file.hits[0].message.has_attachment);
 
-    // Highlights: matches marked, the rest escaped.
+    // Highlights: matches marked, the rest escaped, short texts whole.
+    let dense = w.search("acme", "ann", q_of("pizza")).await;
+    assert_eq!(
+        dense.hits[0].highlight,
+        "<mark>Pizza</mark> <mark>pizza</mark> <mark>pizza</mark>!"
+    );
     let evil = w.search("acme", "ann", q_of("alert")).await;
     assert_eq!(
         evil.hits[0].highlight,
