@@ -495,8 +495,8 @@ pub struct SearchConfig {
     /// StatefulSet volume.
     pub index_dir: String,
     /// Consumer group of the indexer. `{hostname}` is replaced by the `HOSTNAME` environment
-    /// variable: every replica indexes everything with a group of its own
-    /// (`caas-search-{hostname}` gives `caas-search-caas-search-0`, ...).
+    /// variable (dropped with its `-` when unset): every replica of the StatefulSet indexes
+    /// everything with a group of its own (`caas-search-caas-search-0`, ...).
     pub group_id: String,
     /// Longest an indexed event waits for its batch to be committed (searchable).
     pub commit_interval_ms: u64,
@@ -513,7 +513,7 @@ impl Default for SearchConfig {
     fn default() -> Self {
         Self {
             index_dir: "./caas-data/search".into(),
-            group_id: "caas-search".into(),
+            group_id: "caas-search-{hostname}".into(),
             commit_interval_ms: 200,
             batch_max_events: 5_000,
             writer_memory_mb: 64,

@@ -107,13 +107,35 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// `{hostname}` in a group id becomes `HOSTNAME` (a StatefulSet pod's stable name).
+/// `{hostname}` in a group id becomes `HOSTNAME` (a StatefulSet pod's stable name, so every
+/// replica has a group of its own and indexes everything). Without `HOSTNAME` (a developer's
+/// shell, standalone) `-{hostname}` is dropped.
 pub fn resolve_group(group: &str) -> String {
-    if group.contains("{hostname}") {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-        group.replace("{hostname}", &host)
-    } else {
-        group.to_string()
+    resolve_group_with(group, std::env::var("HOSTNAME").ok().as_deref())
+}
+
+fn resolve_group_with(group: &str, host: Option<&str>) -> String {
+    match host.map(str::trim).filter(|h| !h.is_empty()) {
+        Some(h) => group.replace("{hostname}", h),
+        None => group.replace("-{hostname}", "").replace("{hostname}", ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_ids_name_the_replica() {
+        assert_eq!(
+            resolve_group_with("caas-search-{hostname}", Some("caas-search-1")),
+            "caas-search-caas-search-1"
+        );
+        assert_eq!(
+            resolve_group_with("caas-search-{hostname}", None),
+            "caas-search"
+        );
+        assert_eq!(resolve_group_with("fixed", Some("h")), "fixed");
     }
 }
 
