@@ -121,24 +121,6 @@ fn resolve_group_with(group: &str, host: Option<&str>) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_ids_name_the_replica() {
-        assert_eq!(
-            resolve_group_with("caas-search-{hostname}", Some("caas-search-1")),
-            "caas-search-caas-search-1"
-        );
-        assert_eq!(
-            resolve_group_with("caas-search-{hostname}", None),
-            "caas-search"
-        );
-        assert_eq!(resolve_group_with("fixed", Some("h")), "fixed");
-    }
-}
-
 impl Engine {
     pub fn new(
         cfg: SearchConfig,
@@ -590,5 +572,23 @@ impl Engine {
             self.metrics.docs.set(docs as i64);
             self.metrics.index_bytes.set(bytes as i64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_ids_name_the_replica() {
+        assert_eq!(
+            resolve_group_with("caas-search-{hostname}", Some("caas-search-1")),
+            "caas-search-caas-search-1"
+        );
+        assert_eq!(
+            resolve_group_with("caas-search-{hostname}", None),
+            "caas-search"
+        );
+        assert_eq!(resolve_group_with("fixed", Some("h")), "fixed");
     }
 }
