@@ -184,6 +184,10 @@ test("typing and read markers reach members only", async () => {
   assert.equal(cs.error.code, "not_found");
   const cp = await emit(sc, "presence.get", { conversation_id: group });
   assert.equal(cp.error.code, "not_found");
+  // Nor join its room: only channels are open to joining.
+  const cj = await emit(sc, "channel.join", { conversation_id: group });
+  assert.equal(cj.ok, false);
+  assert.equal(cj.error.code, "not_found");
 
   const m = await emit(sa, "message.send", { conversation_id: group, text: "read me" });
   const read = await emit(sb, "read.mark", { conversation_id: group });

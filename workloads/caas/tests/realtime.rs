@@ -85,5 +85,115 @@ async fn socket_io_protocol_with_the_official_client() {
             ("CAAS_EXPIRED_TOKEN", expired),
         ],
     );
+
+    // What happened is visible in the metrics.
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(sa.data_dir.join("standalone.json")).expect("standalone.json"),
+    )
+    .expect("json");
+    let metrics = reqwest::get(info["metrics"].as_str().expect("metrics url"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    for needle in [
+        "caas_socket_connections{tenant=",
+        "caas_socket_events_in_total{event=\"message.send\"}",
+        "caas_socket_events_out_total{event=\"message.created\"}",
+        "caas_socket_ack_seconds_bucket{event=\"message.send\"",
+        "caas_socket_fanout_lag_seconds_count",
+        "caas_socket_errors_total{code=\"text_empty\"}",
+        "caas_socket_refused_connections_total{code=\"quota_exceeded\"}",
+        "caas_socket_refused_connections_total{code=\"token_invalid\"}",
+        "caas_socket_replayed_events_total",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from /metrics");
+    }
+    let replayed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("caas_socket_replayed_events_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("replayed counter");
+    assert!(replayed >= 40.0, "replays counted: {replayed}");
     sa.proc.assert_no_panics();
+}
+
+/// SIGTERM with clients connected: each is told `server.draining`, spread over
+/// `socket.drainSpreadMs`; a send made on that signal is acked; new handshakes are refused with
+/// `unavailable`; the server disconnects everyone and exits cleanly within its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_clients_away_spread_over_time() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sa = Standalone::start(
+        dir.path(),
+        &[
+            ("CAAS_SOCKET__DRAIN_SPREAD_MS", "2000"),
+            ("CAAS_SERVER__DRAIN_DELAY_MS", "100"),
+            ("CAAS_SERVER__SHUTDOWN_DEADLINE_MS", "20000"),
+        ],
+    )
+    .await;
+    let mut node = Command::new("node")
+        .arg("drain.mjs")
+        .current_dir(js_dir())
+        .env("CAAS_API", &sa.proc.api)
+        .env("CAAS_ADMIN", &sa.proc.internal)
+        .env("CAAS_ADMIN_TOKEN", &sa.info.admin_token)
+        .env("CAAS_DRAIN_CLIENTS", "20")
+        .env("CAAS_DRAIN_SPREAD_MS", "2000")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node (is Node.js installed?): {e}"));
+    let stdout = node.stdout.take().expect("stdout");
+    let (ready_tx, ready) = tokio::sync::oneshot::channel::<()>();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let mut ready_tx = Some(ready_tx);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.expect("node output");
+            if line == "READY"
+                && let Some(tx) = ready_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            out.push(line);
+        }
+        out
+    });
+    let pid = sa.proc.pid();
+    tokio::time::timeout(std::time::Duration::from_secs(60), ready)
+        .await
+        .expect("drain.mjs printed READY within 60 s")
+        .expect("drain.mjs printed READY (it exited before)");
+    let signalled = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = loop {
+        if let Some(s) = sa.proc.exited() {
+            break s;
+        }
+        assert!(
+            signalled.elapsed() < std::time::Duration::from_secs(30),
+            "the server did not exit within 30 s of SIGTERM; logs:\n{}",
+            sa.proc.log_tail(40)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let node_status = tokio::task::spawn_blocking(move || node.wait())
+        .await
+        .expect("join")
+        .expect("node wait");
+    let lines = lines.await.expect("reader");
+    assert!(
+        node_status.success(),
+        "drain.mjs: {}\nserver logs:\n{}",
+        lines.join("\n"),
+        sa.proc.log_tail(40)
+    );
+    assert!(exit.success(), "the server exited with {exit}");
 }

@@ -411,15 +411,31 @@ pub(crate) async fn heartbeat<A: Adapter>(
     }
 }
 
-/// Tells one client to reconnect elsewhere, waits (bounded) for its in-flight acks, disconnects.
+/// How long a client told to leave may keep talking (its events crossing the notice are still
+/// answered) before the server hangs up, unless it leaves first.
+const SEND_AWAY_LINGER: Duration = Duration::from_millis(1000);
+/// Longest wait for in-flight acks after the linger.
+const SEND_AWAY_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Tells one client to reconnect elsewhere, lets it finish what it is doing (bounded), then
+/// disconnects it.
 pub(crate) async fn send_away<A: Adapter>(s: SocketRef<A>) {
     let jitter = rand::random_range(0..1000u64);
     let _ = s.emit("server.draining", &json!({"reconnect_in_ms": jitter}));
-    let deadline = Instant::now() + Duration::from_secs(2);
-    if let Some(sess) = session(&s) {
-        while sess.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let started = Instant::now();
+    let sess = session(&s);
+    loop {
+        if !s.connected() {
+            return; // it left by itself
         }
+        let busy = sess
+            .as_ref()
+            .is_some_and(|x| x.inflight.load(Ordering::SeqCst) > 0);
+        let waited = started.elapsed();
+        if (waited >= SEND_AWAY_LINGER && !busy) || waited >= SEND_AWAY_DEADLINE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = s.disconnect();
 }
