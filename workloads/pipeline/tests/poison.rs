@@ -128,12 +128,21 @@ async fn poison_records_become_dead_letters_and_replay_once_after_a_fix() {
         .high_watermark(topics::CONVERSATION_EVENTS, 0)
         .await
         .unwrap();
+    // The store's progress covers a batch once its good events are stored; the batch's dead
+    // letters are written right after, before its offsets are committed.
     wait_for(
         "the partition to be processed",
         Duration::from_secs(30),
         || async {
             let p = store.progress(PERSIST_CONSUMER).await.unwrap();
-            (p.get(&0).copied().unwrap_or(0) >= head).then_some(())
+            let dead = store
+                .list_dead_letters(&DeadLetterQuery {
+                    limit: 100,
+                    ..DeadLetterQuery::default()
+                })
+                .await
+                .unwrap();
+            (p.get(&0).copied().unwrap_or(0) >= head && dead.len() == 4).then_some(())
         },
     )
     .await;
@@ -212,7 +221,13 @@ async fn poison_records_become_dead_letters_and_replay_once_after_a_fix() {
                 && d.header(dead_letter::HEADER_DLQ_STAGE).is_some()
                 && d.header(dead_letter::HEADER_DLQ_ATTEMPTS) == Some("1"))
     );
-    assert_eq!(running.metrics.dead_lettered_with("not_member"), 1);
+    // Counted once the dead letter is written (just after it is listed).
+    wait_for(
+        "the dead letter counted",
+        Duration::from_secs(30),
+        || async { (running.metrics.dead_lettered_with("not_member") == 1).then_some(()) },
+    )
+    .await;
 
     // Fix the causes: add eve, resume the frozen tenant, create the ghost tenant and its room.
     store
