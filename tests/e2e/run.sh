@@ -18,7 +18,7 @@
 #   CAAS_E2E_IMAGE_REPO / CAAS_E2E_OPERATOR_IMAGE_REPO / CAAS_E2E_IMAGE_TAG
 #                                 images (default caas / caas-operator, tag e2e)
 #   CAAS_E2E_TIMEOUT              seconds to wait for each Ready (default 600)
-#   CAAS_E2E_SKIP_SOCKET=1        report the Socket.IO step as SKIPPED instead of FAILED
+#   CAAS_E2E_SKIP_SOCKET=1        skip the Socket.IO step (reported as SKIPPED)
 #
 # Exit status: 0 only when every step passed. A missing tool is an error, never a pass.
 set -euo pipefail
@@ -213,13 +213,21 @@ jq -e --arg id "$msg_id" --arg t "$text" 'any(.messages[]; .id == $id and .text 
 echo "sent and listed message $msg_id"
 
 # ---------------------------------------------------------------------------------------------
-log "Socket.IO: receive the message in real time"
+log "Socket.IO: receive a message in real time (official client, through the socket Service)"
 if [[ "${CAAS_E2E_SKIP_SOCKET:-0}" == 1 ]]; then
-  echo "SKIPPED (CAAS_E2E_SKIP_SOCKET=1): socket workload not built yet (issue 6)"
-  SKIPPED+=("socket.io receive: socket workload not built yet (issue 6)")
+  echo "SKIPPED (CAAS_E2E_SKIP_SOCKET=1)"
+  SKIPPED+=("socket.io receive (CAAS_E2E_SKIP_SOCKET=1)")
 else
-  echo "FAILED: socket workload not built yet (issue 6); set CAAS_E2E_SKIP_SOCKET=1 to run the rest knowingly" >&2
-  FAILED+=("socket.io receive: socket workload not built yet (issue 6)")
+  exchange bob; expect 200 "token exchange (bob, for the socket)"
+  bob="$(jq -r .token <<<"$BODY")"
+  [[ -d "$ROOT/tests/js/node_modules" ]] || (cd "$ROOT/tests/js" && npm ci --no-audit --no-fund)
+  kn rollout status "deploy/$PLATFORM-socket" --timeout="${TIMEOUT}s"
+  port_forward "svc/$PLATFORM-socket" "$((LOCAL_PORT + 1))" 8080
+  if node "$ROOT/tests/js/e2e-receive.mjs" "$API" "http://127.0.0.1:$((LOCAL_PORT + 1))" "$alice" "$bob" "$conv"; then
+    echo "received over Socket.IO"
+  else
+    FAILED+=("socket.io receive")
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------

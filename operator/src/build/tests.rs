@@ -919,3 +919,17 @@ fn pods_spread_over_nodes_and_zones_unless_the_spec_says_otherwise() {
     assert_eq!(spread.len(), 1);
     assert_eq!(spread[0].topology_key, "topology.kubernetes.io/zone");
 }
+
+#[test]
+fn the_socket_service_keeps_a_client_on_one_pod() {
+    let d = build(&minimal_platform());
+    let svc = |name: &str| {
+        d.services
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .and_then(|s| s.spec.as_ref())
+            .and_then(|s| s.session_affinity.clone())
+    };
+    assert_eq!(svc("orchid-socket").as_deref(), Some("ClientIP"));
+    assert_eq!(svc("orchid-gateway"), None);
+}

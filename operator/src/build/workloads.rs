@@ -165,6 +165,9 @@ pub fn services(
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels(names, Some(component))),
             ports: Some(ports),
+            // Socket.IO's HTTP long-polling transport needs every request of a session on the
+            // same pod (websocket-only clients do not care).
+            session_affinity: (component == Component::Socket).then(|| "ClientIP".to_owned()),
             ..ServiceSpec::default()
         }),
         ..Service::default()
