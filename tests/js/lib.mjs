@@ -116,11 +116,13 @@ export function connect(token, opts = {}) {
       clearTimeout(timer);
       resolve(socket);
     });
-    socket.once("error", (e) => {
+    const onError = (e) => {
       clearTimeout(timer);
       socket.close();
       reject(new Error(e.code));
-    });
+    };
+    socket.once("error", onError);
+    socket.once("session", () => socket.off("error", onError));
   });
 }
 

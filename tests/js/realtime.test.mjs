@@ -323,3 +323,14 @@ test("a cursor from an earlier connection replays what was missed, then live", a
   assert.equal(again.state.sessions[0].replayed, 0);
   again.close();
 });
+
+test("an idle connection is closed when its tenant is suspended", async () => {
+  const t = await tenant();
+  const tok = await t.token("ann");
+  const s = await connect(tok);
+  const gone = new Promise((resolve) => s.on("disconnect", resolve));
+  await admin("POST", `/admin/v1/tenants/${t.id}/suspend`, undefined, 200);
+  const err = await waitFor("the error event", () => received(s, "error")[0]);
+  assert.equal(err.code, "tenant_suspended");
+  assert.equal(await gone, "io server disconnect");
+});

@@ -56,6 +56,7 @@ async fn socket_io_protocol_with_the_official_client() {
         dir.path(),
         &[
             ("CAAS_SOCKET__REPLAY_WINDOW", "16"),
+            ("CAAS_SOCKET__PRESENCE_HEARTBEAT_MS", "200"),
             ("CAAS_LIMITS__MESSAGES_PER_MINUTE_PER_USER", "100000"),
         ],
     )

@@ -11,7 +11,6 @@ use caas_gateway::state::Caller;
 use caas_gateway::write::{self, NewMessage};
 use caas_kit::auth::Principal;
 use caas_kit::error::ApiError;
-use caas_store::ConversationPage;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -260,30 +259,20 @@ async fn subscribe<A: Adapter>(
     ))
 }
 
-/// The user's conversations.
+/// The user's conversations (every one, in one read: no paging that could skip one whose
+/// activity changes meanwhile).
 async fn memberships<A: Adapter>(
     rt: &Rt<A>,
     tenant: &TenantId,
     user: &UserId,
 ) -> Result<HashSet<ConversationId>, ApiError> {
-    let mut out = HashSet::new();
-    let mut page = ConversationPage {
-        cursor: None,
-        limit: 200,
-        include_archived: true,
-    };
-    loop {
-        let list = rt
-            .app
-            .store
-            .list_user_conversations(tenant, user, &page)
-            .await?;
-        out.extend(list.items.into_iter().map(|(c, _)| c.id));
-        match list.next {
-            Some(n) if out.len() < 100_000 => page.cursor = Some(n),
-            _ => return Ok(out),
-        }
-    }
+    Ok(rt
+        .app
+        .store
+        .member_conversation_ids(tenant, user)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// Sends the client what it missed from the log itself: every partition whose cursor is below
@@ -400,11 +389,21 @@ pub(crate) async fn heartbeat<A: Adapter>(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let conns: Vec<Conn> = io
-            .sockets()
-            .iter()
-            .filter_map(|s| session(s).map(|x| x.conn.clone()))
-            .collect();
+        let mut conns = Vec::new();
+        for s in io.sockets() {
+            let Some(sess) = session(&s) else { continue };
+            // A connection outlives neither its token nor its tenant's suspension nor a
+            // revocation: checked here too, not only when the client acts.
+            let current = sess.principal.lock().clone();
+            match rt.app.auth.recheck(&current).await {
+                Ok(p) => {
+                    *sess.principal.lock() = p;
+                    conns.push(sess.conn.clone());
+                }
+                Err(e) if e.code == ErrorCode::Unavailable => conns.push(sess.conn.clone()),
+                Err(e) => refuse_after_connect(&rt, &s, e.code, &e.message),
+            }
+        }
         if let Err(e) = rt.presence.heartbeat(&conns).await {
             tracing::warn!(error = %e, "Presence heartbeat failed.");
         }
