@@ -7,8 +7,8 @@
 use super::{BuildError, Component, HTTP_PORT, Names, object_meta};
 use crate::crd::ChatPlatform;
 use caas_config::{
-    AdminConfig, AuthConfig, BusConfig, Config, KafkaConfig, LogConfig, LogFormat, RedisConfig,
-    ServerConfig, StoreConfig,
+    AdminConfig, AuthConfig, BusConfig, Config, KafkaConfig, LogConfig, LogFormat, MediaBackend,
+    MediaConfig, RedisConfig, S3Config, SearchConfig, ServerConfig, StoreConfig,
 };
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
@@ -84,7 +84,43 @@ pub fn render(platform: &ChatPlatform, names: &Names) -> Config {
         admin: AdminConfig {
             token_file: format!("{ADMIN_DIR}/{ADMIN_TOKEN_FILE}"),
         },
+        media: MediaConfig {
+            backend: MediaBackend::S3(S3Config {
+                bucket: spec.object_storage.bucket.clone(),
+                endpoint: spec.object_storage.endpoint.clone().unwrap_or_default(),
+                region: spec.object_storage.region.clone(),
+                // From the environment (`CAAS_MEDIA__BACKEND__ACCESS_KEY`/`SECRET_KEY`).
+                access_key: String::new(),
+                secret_key: String::new(),
+                path_style: spec.object_storage.force_path_style,
+                allow_http: spec
+                    .object_storage
+                    .endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+                prefix: String::new(),
+            }),
+            // From the environment (`CAAS_MEDIA__SIGNING_KEY`, a generated Secret).
+            signing_key_file: String::new(),
+            signing_key: String::new(),
+            public_base_url: public_base_url(spec),
+            ..MediaConfig::default()
+        },
+        search: SearchConfig {
+            // The StatefulSet's volume.
+            index_dir: format!("{}/search", super::pod::DATA_DIR),
+            ..SearchConfig::default()
+        },
         ..Config::default()
+    }
+}
+
+/// Where clients reach the platform from outside: signed media URLs start with it.
+fn public_base_url(spec: &crate::crd::platform::ChatPlatformSpec) -> String {
+    match &spec.ingress {
+        Some(i) if i.tls_secret_name.is_some() => format!("https://{}", i.host),
+        Some(i) => format!("http://{}", i.host),
+        None => String::new(),
     }
 }
 

@@ -1,6 +1,6 @@
-//! The optional Ingress: one host, Socket.IO (`/socket.io`) to the socket Service, everything
-//! else to the gateway. TLS when the spec names a Secret. The media and search workloads get
-//! paths here once their public prefixes are fixed.
+//! The optional Ingress: one host, Socket.IO (`/socket.io`) to the socket Service, files
+//! (`/v1/media`) to media, queries (`/v1/search`) to search, everything else to the gateway.
+//! TLS when the spec names a Secret.
 
 use super::{BuildError, Component, Names, object_meta};
 use crate::crd::ChatPlatform;
@@ -50,6 +50,8 @@ pub fn ingress(platform: &ChatPlatform, names: &Names) -> Result<Option<Ingress>
                 http: Some(HTTPIngressRuleValue {
                     paths: vec![
                         path(names, "/socket.io", Component::Socket),
+                        path(names, "/v1/media", Component::Media),
+                        path(names, "/v1/search", Component::Search),
                         path(names, "/", Component::Gateway),
                     ],
                 }),

@@ -182,6 +182,11 @@ impl Names {
         format!("{}-admin-token", self.platform)
     }
 
+    /// The generated HMAC key of signed media URLs (key [`secrets::MEDIA_SIGNING_KEY`]).
+    pub fn media_signing_secret(&self) -> String {
+        format!("{}-media-signing", self.platform)
+    }
+
     pub fn default_deny_policy(&self) -> String {
         format!("{}-default-deny", self.platform)
     }

@@ -92,7 +92,7 @@ fn env_field(name: &str, path: &str) -> EnvVar {
 
 /// Environment of a component's container: the config file, Secrets as `CAAS_*` overrides,
 /// S3 settings for media, then the spec's extra variables.
-fn env(platform: &ChatPlatform, component: Component) -> Vec<EnvVar> {
+fn env(platform: &ChatPlatform, names: &Names, component: Component) -> Vec<EnvVar> {
     let spec = &platform.spec;
     let mut env = vec![
         env_value("CAAS_CONFIG", config_path()),
@@ -110,32 +110,22 @@ fn env(platform: &ChatPlatform, component: Component) -> Vec<EnvVar> {
         ),
     ];
     if component == Component::Media {
-        // caas_config has no media section yet; these are the standard S3 variables that
-        // S3 clients (object_store's AmazonS3Builder::from_env) read.
-        let s3 = &spec.object_storage;
-        let creds = &s3.credentials_secret_ref;
+        // The bucket and endpoint are in the ConfigMap (`media.backend`); keys from Secrets.
+        let creds = &spec.object_storage.credentials_secret_ref;
         env.push(env_secret(
-            "AWS_ACCESS_KEY_ID",
+            "CAAS_MEDIA__BACKEND__ACCESS_KEY",
             &creds.name,
             &creds.access_key_id_key,
         ));
         env.push(env_secret(
-            "AWS_SECRET_ACCESS_KEY",
+            "CAAS_MEDIA__BACKEND__SECRET_KEY",
             &creds.name,
             &creds.secret_access_key_key,
         ));
-        env.push(env_value("AWS_REGION", s3.region.clone()));
-        env.push(env_value("AWS_BUCKET", s3.bucket.clone()));
-        if let Some(endpoint) = &s3.endpoint {
-            env.push(env_value("AWS_ENDPOINT", endpoint.clone()));
-            env.push(env_value(
-                "AWS_ALLOW_HTTP",
-                endpoint.starts_with("http://").to_string(),
-            ));
-        }
-        env.push(env_value(
-            "AWS_VIRTUAL_HOSTED_STYLE_REQUEST",
-            (!s3.force_path_style).to_string(),
+        env.push(env_secret(
+            "CAAS_MEDIA__SIGNING_KEY",
+            &names.media_signing_secret(),
+            crate::build::secrets::MEDIA_SIGNING_KEY,
         ));
     }
     env.extend(component.spec(spec).pod.env);
@@ -366,7 +356,7 @@ pub fn pod_template(
         image: Some(format!("{}:{}", spec.image.repository, tag)),
         image_pull_policy: Some(spec.image.pull_policy.as_str().into()),
         args: Some(vec![component.subcommand().into()]),
-        env: Some(env(platform, component)),
+        env: Some(env(platform, names, component)),
         ports: Some(ports),
         working_dir: Some(
             if component.is_stateful() {

@@ -73,3 +73,24 @@ pub fn admin_token_secret(
         ..Secret::default()
     })
 }
+
+/// The key of the media signing Secret that holds the HMAC key.
+pub const MEDIA_SIGNING_KEY: &str = "key";
+
+/// The generated media signing Secret: the HMAC key of signed download URLs, shared by every
+/// media pod (a URL signed by one pod is honoured by all).
+pub fn media_signing_secret(
+    platform: &ChatPlatform,
+    names: &Names,
+    key: &str,
+) -> Result<Secret, BuildError> {
+    Ok(Secret {
+        metadata: object_meta(platform, names, names.media_signing_secret(), None)?,
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(
+            MEDIA_SIGNING_KEY.to_owned(),
+            key.to_owned(),
+        )])),
+        ..Secret::default()
+    })
+}

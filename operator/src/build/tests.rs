@@ -196,29 +196,56 @@ fn secrets_reach_pods_as_env_from_secrets_never_the_config_map() {
             Some("/etc/caas/config/config.yaml")
         );
     }
-    // S3 credentials only where they are used.
+    // S3 credentials and the URL signing key only where they are used.
     let media = container(&d, "orchid-media");
-    let key = env(media, "AWS_SECRET_ACCESS_KEY")
-        .unwrap()
-        .value_from
-        .as_ref()
-        .unwrap()
-        .secret_key_ref
-        .as_ref()
-        .unwrap();
+    let from_secret = |name: &str| {
+        let r = env(media, name)
+            .unwrap()
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        (r.name.clone(), r.key.clone())
+    };
     assert_eq!(
-        (key.name.as_str(), key.key.as_str()),
-        ("s-secret", "secretAccessKey")
+        from_secret("CAAS_MEDIA__BACKEND__SECRET_KEY"),
+        ("s-secret".to_owned(), "secretAccessKey".to_owned())
     );
     assert_eq!(
-        env(media, "AWS_ENDPOINT").unwrap().value.as_deref(),
-        Some("http://s3.bay:9000")
+        from_secret("CAAS_MEDIA__BACKEND__ACCESS_KEY"),
+        ("s-secret".to_owned(), "accessKeyId".to_owned())
     );
     assert_eq!(
-        env(media, "AWS_BUCKET").unwrap().value.as_deref(),
-        Some("b-bucket")
+        from_secret("CAAS_MEDIA__SIGNING_KEY"),
+        ("orchid-media-signing".to_owned(), "key".to_owned())
     );
-    assert!(env(container(&d, "orchid-gateway"), "AWS_SECRET_ACCESS_KEY").is_none());
+    for other in ["orchid-gateway", "orchid-socket"] {
+        assert!(env(container(&d, other), "CAAS_MEDIA__BACKEND__SECRET_KEY").is_none());
+        assert!(env(container(&d, other), "CAAS_MEDIA__SIGNING_KEY").is_none());
+    }
+}
+
+#[test]
+fn media_and_search_get_their_configuration() {
+    let d = build(&minimal_platform());
+    let cm = d.config_map.as_ref().unwrap();
+    let cfg: Config = serde_yaml::from_str(&cm.data.as_ref().unwrap()[CONFIG_FILE]).unwrap();
+    match &cfg.media.backend {
+        caas_config::MediaBackend::S3(s3) => {
+            assert_eq!(s3.bucket, "b-bucket");
+            assert_eq!(s3.endpoint, "http://s3.bay:9000");
+            assert!(s3.allow_http && s3.path_style);
+            assert!(
+                s3.access_key.is_empty() && s3.secret_key.is_empty(),
+                "keys never in the ConfigMap"
+            );
+        }
+        other => panic!("media backend {other:?}"),
+    }
+    assert!(cfg.media.signing_key.is_empty());
+    assert_eq!(cfg.search.index_dir, "/var/lib/caas/search");
 }
 
 fn assert_restricted(name: &str, t: &PodTemplateSpec) {
@@ -843,6 +870,8 @@ fn ingress_routes_socket_io_and_the_rest_to_the_gateway() {
         paths,
         [
             ("/socket.io".to_owned(), "chat-prod-socket".to_owned()),
+            ("/v1/media".to_owned(), "chat-prod-media".to_owned()),
+            ("/v1/search".to_owned(), "chat-prod-search".to_owned()),
             ("/".to_owned(), "chat-prod-gateway".to_owned())
         ]
     );

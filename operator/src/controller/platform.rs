@@ -9,7 +9,8 @@ use super::{Context, Error, apply, prune};
 use crate::build::MANAGER;
 use crate::build::monitoring::{SERVICE_MONITOR_CRD, service_monitor_resource};
 use crate::build::secrets::{
-    admin_token_secret, generate_signing_key, generate_token, signing_keys_secret,
+    admin_token_secret, generate_signing_key, generate_token, media_signing_secret,
+    signing_keys_secret,
 };
 use crate::build::{self, BuildInputs, Component, Names, config::secrets_digest};
 use crate::crd::platform::{ChatPlatformStatus, PAUSED_ANNOTATION};
@@ -324,6 +325,18 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
             &platform,
             &secrets,
             || Ok(admin_token_secret(&platform, &names, &generate_token()?)?),
+            &secret_name,
+        )
+        .await?;
+        secret_data_by_name.push((secret_name, data));
+    }
+    {
+        let secret_name = names.media_signing_secret();
+        let data = ensure_generated(
+            &ctx,
+            &platform,
+            &secrets,
+            || Ok(media_signing_secret(&platform, &names, &generate_token()?)?),
             &secret_name,
         )
         .await?;

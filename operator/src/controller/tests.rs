@@ -69,7 +69,7 @@ const SM_CRD: &str =
     "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/servicemonitors.monitoring.coreos.com";
 
 /// The calls of a full pass once the referenced Secrets are there. `generated_exist`: the
-/// signing-keys and admin-token Secrets were created by an earlier pass.
+/// signing-keys, admin-token and media-signing Secrets were created by an earlier pass.
 fn full_pass(generated_exist: bool) -> Vec<Call> {
     let mut calls = vec![
         call(
@@ -91,6 +91,7 @@ fn full_pass(generated_exist: bool) -> Vec<Call> {
     for (generated, key) in [
         ("orchid-signing-keys", "k1.pem"),
         ("orchid-admin-token", "token"),
+        ("orchid-media-signing", "key"),
     ] {
         if generated_exist {
             calls.push(call(
@@ -257,7 +258,12 @@ async fn create_from_scratch() {
         .iter()
         .filter(|s| s.method == Method::POST && s.path.ends_with("/secrets"))
         .collect();
-    assert_eq!(created.len(), 2);
+    assert_eq!(created.len(), 3);
+    assert_eq!(
+        created[2].body["stringData"]["key"].as_str().unwrap().len(),
+        64,
+        "the media URL signing key"
+    );
     assert!(
         created[0].body["stringData"]
             .as_object()
