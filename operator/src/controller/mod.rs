@@ -273,6 +273,19 @@ where
     .map_err(Error::kube("apply", kind, name))
 }
 
+/// Whether a server-side apply answered with `obj` changed it: the API server moves the time of
+/// our field manager's entry in `managedFields` only when our apply changed something, so an
+/// entry at or after `since` (the pass's start, whole seconds like the field) means it did —
+/// a creation, a spec change, or drift someone else made that this pass put back.
+pub fn changed_since<K: Resource>(obj: &K, since: k8s_openapi::jiff::Timestamp) -> bool {
+    let since = since.as_second();
+    obj.meta().managed_fields.iter().flatten().any(|f| {
+        f.manager.as_deref() == Some(FIELD_MANAGER)
+            && f.operation.as_deref() == Some("Apply")
+            && f.time.as_ref().is_some_and(|t| t.0.as_second() >= since)
+    })
+}
+
 /// Deletes the objects in `api` matching `selector` that the owner (by uid) controls and that
 /// are not in `keep`: what the spec no longer asks for (an HPA after autoscaling was turned
 /// off, NetworkPolicies after they were disabled). Returns the deleted names.

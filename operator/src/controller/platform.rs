@@ -5,7 +5,7 @@
 //! what the API server returned.
 
 use super::status::{self, Observed, reason};
-use super::{Context, Error, apply, prune};
+use super::{Context, Error, apply, changed_since, prune};
 use crate::build::MANAGER;
 use crate::build::monitoring::{SERVICE_MONITOR_CRD, service_monitor_resource};
 use crate::build::secrets::{
@@ -350,39 +350,70 @@ pub async fn reconcile(platform: Arc<ChatPlatform>, ctx: Arc<Context>) -> Result
     };
     let desired = build::desired(&platform, &inputs)?;
     let client = &ctx.client;
+    // Objects this pass changed (created, updated, or drift put back), for one event.
+    let pass_started = Timestamp::now();
+    let mut changed: Vec<String> = Vec::new();
+    let mut note = |kind: &str, applied: &ObjectMeta, obj_changed: bool| {
+        if obj_changed {
+            changed.push(format!("{kind} {}", applied.name.as_deref().unwrap_or("?")));
+        }
+    };
+    macro_rules! apply_noting {
+        ($kind:literal, $obj:expr) => {{
+            let applied = apply(client, &ns, $obj).await?;
+            note(
+                $kind,
+                &applied.metadata,
+                changed_since(&applied, pass_started),
+            );
+            applied
+        }};
+    }
     if let Some(sa) = &desired.service_account {
-        apply(client, &ns, sa).await?;
+        apply_noting!("ServiceAccount", sa);
     }
     if let Some(cm) = &desired.config_map {
-        apply(client, &ns, cm).await?;
+        apply_noting!("ConfigMap", cm);
     }
     let mut observed: BTreeMap<Component, Observed> = BTreeMap::new();
     for d in &desired.deployments {
-        let applied = apply(client, &ns, d).await?;
+        let applied = apply_noting!("Deployment", d);
         if let Some(c) = component_of(&applied.metadata) {
             observed.insert(c, Observed::from_deployment(&applied));
         }
     }
     for s in &desired.stateful_sets {
-        let applied = apply(client, &ns, s).await?;
+        let applied = apply_noting!("StatefulSet", s);
         if let Some(c) = component_of(&applied.metadata) {
             observed.insert(c, Observed::from_stateful_set(&applied));
         }
     }
     for s in &desired.services {
-        apply(client, &ns, s).await?;
+        apply_noting!("Service", s);
     }
     for p in &desired.pod_disruption_budgets {
-        apply(client, &ns, p).await?;
+        apply_noting!("PodDisruptionBudget", p);
     }
     for h in &desired.autoscalers {
-        apply(client, &ns, h).await?;
+        apply_noting!("HorizontalPodAutoscaler", h);
     }
     for n in &desired.network_policies {
-        apply(client, &ns, n).await?;
+        apply_noting!("NetworkPolicy", n);
     }
     if let Some(ingress) = &desired.ingress {
-        apply(client, &ns, ingress).await?;
+        apply_noting!("Ingress", ingress);
+    }
+    if !changed.is_empty() {
+        publish(
+            &ctx,
+            &platform,
+            EventType::Normal,
+            "Applied",
+            "Reconcile",
+            format!("Created or updated {}", changed.join(", ")),
+            None,
+        )
+        .await;
     }
 
     // The ServiceMonitor only where the Prometheus Operator's CRD exists.

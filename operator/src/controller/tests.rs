@@ -747,3 +747,63 @@ async fn the_status_names_why_pods_do_not_run() {
     );
     assert!(message.contains("gateway 0/2 ready,"), "{message}");
 }
+
+/// A Service as the API server answers an apply: our field manager's entry last moved at `time`.
+fn applied_service(name: &str, time: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": name, "namespace": "bay",
+            "managedFields": [{
+                "manager": "caas-operator", "operation": "Apply", "apiVersion": "v1",
+                "time": time, "fieldsType": "FieldsV1", "fieldsV1": {}
+            }]
+        },
+        "spec": {}
+    })
+}
+
+#[tokio::test]
+async fn what_a_pass_changed_is_announced_in_one_event() {
+    // The API server moved our entry's time: this pass changed the Service (e.g. put back a
+    // field someone edited). One Normal event names it.
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let mut calls = full_pass(true);
+    let svc = format!("{CORE}/services/orchid-socket");
+    let i = index_of(&calls, Method::PATCH, &svc);
+    calls[i] = call(
+        Method::PATCH,
+        &svc,
+        Answer::Json(applied_service("orchid-socket", &now)),
+    );
+    let i = index_of(&calls, Method::GET, SM_CRD);
+    calls.insert(
+        i,
+        call(
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/bay/events",
+            Answer::Echo,
+        ),
+    );
+    let (_, seen) = run_scenario(minimal_platform(), calls).await;
+    let event = seen
+        .iter()
+        .find(|s| s.path.ends_with("/events") && s.body["reason"] == "Applied")
+        .expect("an Applied event");
+    assert_eq!(event.body["type"], "Normal");
+    assert_eq!(
+        event.body["note"],
+        "Created or updated Service orchid-socket"
+    );
+
+    // An entry that did not move (an apply that changed nothing): no event.
+    let mut calls = full_pass(true);
+    let i = index_of(&calls, Method::PATCH, &svc);
+    calls[i] = call(
+        Method::PATCH,
+        &svc,
+        Answer::Json(applied_service("orchid-socket", "2020-01-01T00:00:00Z")),
+    );
+    let (_, seen) = run_scenario(minimal_platform(), calls).await;
+    assert!(!seen.iter().any(|s| s.body["reason"] == "Applied"));
+}
