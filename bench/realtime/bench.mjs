@@ -20,6 +20,7 @@
 import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync, rmSync, existsSync, openSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { createServer } from "node:net";
 import { join } from "node:path";
 
 const args = Object.fromEntries(
@@ -53,6 +54,10 @@ function cpuSecs(pid) {
   const f = s.slice(s.lastIndexOf(")") + 2).split(" ");
   return (Number(f[11]) + Number(f[12])) / ticks; // utime, stime (fields 14, 15)
 }
+// The measured server processes: the one server, or both socket processes of the cluster.
+const measured = () => (server === "cluster" ? info.sockets.map((x) => x.pid) : [proc.pid]);
+const cpuAll = () => measured().reduce((a, p) => a + cpuSecs(p), 0);
+const rssAll = () => measured().reduce((a, p) => a + rssKiB(p), 0);
 function rssKiB(pid) {
   const m = readFileSync(`/proc/${pid}/status`, "utf8").match(/VmRSS:\s+(\d+)/);
   return Number(m[1]);
@@ -65,11 +70,92 @@ const children = [];
 process.on("exit", () => {
   for (const c of children) try { c.kill("SIGKILL"); } catch {}
   if (proc) try { proc.kill("SIGKILL"); } catch {}
+  for (const p of procs) try { p.kill("SIGKILL"); } catch {}
 });
+
+const freePort = () => new Promise((resolve) => {
+  const srv = createServer().listen(0, "127.0.0.1", () => {
+    const { port } = srv.address();
+    srv.close(() => resolve(port));
+  });
+});
+
+// The distributed shape (--server cluster): a gateway, a pipeline and two `caas socket`
+// processes on the MongoDB, Kafka and Redis of CAAS_TEST_MONGODB_URI, CAAS_TEST_KAFKA_BROKERS,
+// CAAS_TEST_REDIS_URL (scripts/test.sh starts them). The socket processes are pinned to
+// <server-cpu>; the others are not. `proc` is socket-a; `procs` all four.
+let procs = [];
+async function startCluster() {
+  const need = (k) => process.env[k] || (() => { throw new Error(`${k} is not set (run through scripts/test.sh)`); })();
+  const mongo = need("CAAS_TEST_MONGODB_URI"), brokers = need("CAAS_TEST_KAFKA_BROKERS"), redis = need("CAAS_TEST_REDIS_URL");
+  const run = `bench${Date.now().toString(36)}`;
+  execFileSync("mkdir", ["-p", join(dir, "keys")]);
+  execFileSync("openssl", ["genpkey", "-algorithm", "ed25519", "-out", join(dir, "keys", "k1.pem")]);
+  const adminToken = `adm_${run}`;
+  writeFileSync(join(dir, "admin-token"), adminToken);
+  const env = { ...process.env, CAAS_STORE__URI: mongo, CAAS_REDIS__URL: redis };
+  const one = async (name, sub, pin) => {
+    const api = await freePort(), internal = await freePort(), metrics = await freePort();
+    const cfg = join(dir, `${name}.yaml`);
+    writeFileSync(cfg, `server:
+  listen: "127.0.0.1:${api}"
+  internalListen: "127.0.0.1:${internal}"
+  metricsListen: "127.0.0.1:${metrics}"
+log:
+  level: warn
+store:
+  kind: mongodb
+  database: "caas_${run}"
+bus:
+  kind: kafka
+  brokers: "${brokers}"
+  topicPrefix: "${run}."
+  partitions: 3
+  replicationFactor: 1
+  createTopics: true
+redis:
+  keyPrefix: "${run}:"
+auth:
+  keysDir: "${join(dir, "keys")}"
+admin:
+  tokenFile: "${join(dir, "admin-token")}"
+pipeline:
+  groupId: "caas-pipeline-${run}"
+limits:
+  messagesPerMinutePerUser: 0
+  tokenExchangesPerMinutePerApp: 0
+`);
+    const out = openSync(join(dir, `${name}.log`), "w");
+    const argv = pin ? ["taskset", "-c", serverCpu, caasBin] : [caasBin];
+    argv.push(sub, "--config", cfg);
+    log(`${name}:`, argv.join(" "));
+    const p = spawn(argv[0], argv.slice(1), { env, stdio: ["ignore", out, out] });
+    procs.push(p);
+    const base = { api: `http://127.0.0.1:${api}`, internal: `http://127.0.0.1:${internal}`, pid: p.pid };
+    for (let i = 0; i < 600; i++) {
+      try { if ((await fetch(`${base.internal}/ready`)).ok) return base; } catch {}
+      await sleep(200);
+    }
+    throw new Error(`${name} not ready; see ${join(dir, `${name}.log`)}`);
+  };
+  await one("pipeline", "pipeline", false);
+  const gw = await one("gateway", "gateway", false);
+  const [a, b] = await Promise.all([one("socket-a", "socket", true), one("socket-b", "socket", true)]);
+  proc = procs[2];
+  const t = await call(gw.internal, "POST", "/admin/v1/tenants", adminToken, {
+    id: run, name: run, quotas: { max_connections: 1000000, messages_per_minute: 0 },
+  });
+  info = {
+    api: gw.api, admin: gw.internal, admin_token: adminToken, sockets: [a, b],
+    demo: { tenant_id: run, app_id: t.credentials.app_id, app_secret: t.credentials.app_secret },
+  };
+}
 
 async function startServer() {
   const out = openSync(join(dir, "server.log"), "w");
-  if (server === "caas") {
+  if (server === "cluster") {
+    await startCluster();
+  } else if (server === "caas") {
     const env = {
       ...process.env,
       CAAS_LIMITS__MESSAGES_PER_MINUTE_PER_USER: "0",
@@ -122,9 +208,9 @@ async function setup() {
   const users = new Array(conns);
   const rooms = Math.ceil(conns / group);
   const t0 = Date.now();
-  if (server === "caas") {
+  if (server !== "bare") {
     const d = info.demo;
-    await call(info.admin, "PUT", `/admin/v1/tenants/${d.tenant_id}`, info.admin_token, {
+    if (server === "caas") await call(info.admin, "PUT", `/admin/v1/tenants/${d.tenant_id}`, info.admin_token, {
       name: "Demo",
       quotas: { max_connections: 1000000, messages_per_minute: 0 },
     });
@@ -134,6 +220,7 @@ async function setup() {
         app_id: d.app_id, app_secret: d.app_secret, user_id: id,
       });
       users[i] = { id, token: t.token, room: null };
+      if (info.sockets) users[i].url = info.sockets[i % 2].api; // every room spans both nodes
     });
     await pool(rooms, 8, async (r) => {
       const members = [];
@@ -149,7 +236,7 @@ async function setup() {
   }
   log(`setup: ${conns} users, ${rooms} rooms of ${group} in ${Date.now() - t0} ms`);
   const planPath = join(dir, "plan.json");
-  writeFileSync(planPath, JSON.stringify({ mode: server, url: info.api, users }));
+  writeFileSync(planPath, JSON.stringify({ mode: server === "bare" ? "bare" : "caas", url: info.api, users }));
   return planPath;
 }
 
@@ -182,12 +269,12 @@ function pct(sorted, p) {
 }
 
 async function phase(gens, secs, record) {
-  const c0 = cpuSecs(proc.pid);
+  const c0 = cpuAll();
   const t0 = performance.now();
   for (const g of gens) g.c.send({ cmd: "run", rate: rate / gens.length, seconds: secs, drainMs: 2000, record });
   const res = await Promise.all(gens.map((g) => g.next()));
   const wall = (performance.now() - t0) / 1000;
-  const cpu = cpuSecs(proc.pid) - c0;
+  const cpu = cpuAll() - c0;
   const sum = (k) => res.reduce((a, r) => a + r[k], 0);
   const lat = record ? res.flatMap((r) => r.lat).sort((a, b) => a - b) : [];
   const codes = {};
@@ -209,13 +296,14 @@ async function main() {
   await startServer();
   const planPath = await setup();
   await sleep(2000);
-  const rss0 = rssKiB(proc.pid);
+  const rss0 = rssAll();
   const gens = startLoad(planPath);
   const ready = await Promise.all(gens.map((g) => g.next()));
   const connected = ready.reduce((a, r) => a + r.connected, 0);
   log(`connected ${connected}/${conns} in ${Math.max(...ready.map((r) => r.ms))} ms`, JSON.stringify(ready.map((r) => r.errors)));
   await sleep(5000);
-  const rss1 = rssKiB(proc.pid);
+  const rss1 = rssAll();
+  if (server === "cluster") log("per socket process VmRSS KiB:", measured().map(rssKiB).join(", "), "pids", measured().join(", "));
   const result = {
     server, conns, connected, group, rate, seconds,
     rss_before_kib: rss0, rss_after_kib: rss1,
@@ -225,7 +313,20 @@ async function main() {
   log(`RSS ${rss0} KiB -> ${rss1} KiB: ${result.kib_per_conn} KiB (${result.kb_per_conn} KB) per connection`);
   if (!idle) {
     await phase(gens, 3, false);
+    let perf;
+    if (args.perf) {
+      const pargv = ["record", "-F", "499", "-g", "-o", args.perf, "-p", String(proc.pid), "--", "sleep", String(Math.max(1, seconds - 2))];
+      log("perf", pargv.join(" "));
+      const pp = spawn("perf", pargv, { stdio: "ignore" });
+      perf = new Promise((r) => pp.on("exit", r));
+    }
     const p = await phase(gens, seconds, true);
+    if (perf) await perf;
+    if (server === "caas" && info.metrics) {
+      const text = await (await fetch(info.metrics)).text();
+      const pick = (re) => text.split("\n").filter((l) => re.test(l)).join("\n");
+      log("metrics:\n" + pick(/^caas_socket_(fanout_lag_seconds_(sum|count)|ack_seconds_(sum|count))/));
+    }
     Object.assign(result, p);
     log(`run: ${JSON.stringify(p)}`);
   }
@@ -234,6 +335,7 @@ async function main() {
   for (const g of gens) g.c.send({ cmd: "exit" });
   await sleep(500);
   proc.kill("SIGTERM");
+  for (const p of procs) p.kill("SIGTERM");
   await sleep(300);
   if (!args["keep-data"]) rmSync(dir, { recursive: true, force: true });
   process.exit(0);

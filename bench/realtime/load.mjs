@@ -30,7 +30,7 @@ let errors = {};
 function open(u) {
   return new Promise((resolve) => {
     const auth = plan.mode === "caas" ? { token: u.token } : { room: u.room };
-    const s = io(plan.url, {
+    const s = io(u.url || plan.url, {
       transports: ["websocket"],
       auth,
       forceNew: true,
