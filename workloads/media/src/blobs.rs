@@ -13,8 +13,8 @@ use object_store::local::LocalFileSystem;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetRange, MultipartId, ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig,
-    WriteMultipart,
+    GetOptions, GetRange, GetResultPayload, MultipartId, ObjectStore, ObjectStoreExt as _,
+    PutPayload, RetryConfig, WriteMultipart,
 };
 use std::ops::Range;
 use std::sync::Arc;
@@ -38,6 +38,32 @@ impl std::fmt::Debug for Blobs {
             .field("prefix", &self.prefix)
             .finish()
     }
+}
+
+/// Bytes read from a local file per step.
+const LOCAL_READ: usize = 256 * 1024;
+
+fn io_error(e: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(e),
+    }
+}
+
+/// `range` of a local file as a stream of [`LOCAL_READ`]-sized chunks.
+async fn local_stream(file: std::fs::File, range: Range<u64>) -> object_store::Result<ByteStream> {
+    use futures::StreamExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let mut file = tokio::fs::File::from_std(file);
+    file.seek(std::io::SeekFrom::Start(range.start))
+        .await
+        .map_err(io_error)?;
+    let reader = file.take(range.end - range.start);
+    Ok(
+        tokio_util::io::ReaderStream::with_capacity(reader, LOCAL_READ)
+            .map(|r| r.map_err(io_error))
+            .boxed(),
+    )
 }
 
 /// A byte stream of an object.
@@ -130,7 +156,14 @@ impl Blobs {
         };
         let r = self.store.get_opts(&self.path(key), opts).await?;
         let size = r.meta.size;
-        Ok((r.into_stream(), size))
+        let range = r.range.clone();
+        let stream = match r.payload {
+            // object_store reads local files 8 KiB at a time, each read a blocking task; read
+            // 256 KiB at a time instead (about twice the download throughput, docs/benchmarks.md).
+            GetResultPayload::File(file, _) => local_stream(file, range).await?,
+            GetResultPayload::Stream(s) => s,
+        };
+        Ok((stream, size))
     }
 
     /// Deletes an object; a missing one is not an error.
