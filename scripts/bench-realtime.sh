@@ -44,7 +44,10 @@ trap 'rm -f "$RESULTS"' EXIT
 bench() {
     local cmd=(node "$ROOT/bench/realtime/bench.mjs" --caas "$CAAS" --server-cpu "$SERVER_CPU" --load-cpu "$LOAD_CPU" "$@")
     echo "+ ${cmd[*]}"
-    "${cmd[@]}" | tee /dev/stderr | sed -n 's/^RESULT //p' >>"$RESULTS"
+    "${cmd[@]}" | while IFS= read -r line; do
+        echo "$line"
+        case "$line" in RESULT*) echo "${line#RESULT }" >>"$RESULTS" ;; esac
+    done
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -72,12 +75,12 @@ for s in "${SCENARIOS[@]}"; do
 done
 
 echo
-echo "| server | connections | KiB per connection | sends/s | delivered/s | server CPU µs per delivered msg | p50 ms | p99 ms | max ms | lost |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| server | connections | KiB per connection | idle CPU % | sends/s | delivered/s | server CPU µs per delivered msg | above idle | p50 ms | p99 ms | max ms | lost |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 node -e '
 for (const l of require("fs").readFileSync(process.argv[1], "utf8").split("\n").filter(Boolean)) {
   const r = JSON.parse(l);
   const run = r.sent !== undefined;
   const f = (v) => (run ? v : "-");
-  console.log(`| ${r.server} | ${r.connected} | ${r.kib_per_conn} | ${f(r.rate)} | ${f(r.delivered_per_s)} | ${f(r.cpu_us_per_delivered)} | ${f(r.p50_ms)} | ${f(r.p99_ms)} | ${f(r.max_ms)} | ${run ? r.expected - r.delivered : "-"} |`);
+  console.log(`| ${r.server} | ${r.connected} | ${r.kib_per_conn} | ${r.idle_cpu_pct} | ${f(r.rate)} | ${f(r.delivered_per_s)} | ${f(r.cpu_us_per_delivered)} | ${f(r.cpu_us_per_delivered_above_idle)} | ${f(r.p50_ms)} | ${f(r.p99_ms)} | ${f(r.max_ms)} | ${run ? r.expected - r.delivered : "-"} |`);
 }' "$RESULTS"

@@ -67,6 +67,7 @@ const dir = mkdtempSync(join(tmpdir(), "caas-bench-rt."));
 let proc;
 let info;
 const children = [];
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => process.exit(1));
 process.on("exit", () => {
   for (const c of children) try { c.kill("SIGKILL"); } catch {}
   if (proc) try { proc.kill("SIGKILL"); } catch {}
@@ -133,7 +134,7 @@ limits:
     procs.push(p);
     const base = { api: `http://127.0.0.1:${api}`, internal: `http://127.0.0.1:${internal}`, pid: p.pid };
     for (let i = 0; i < 600; i++) {
-      try { if ((await fetch(`${base.internal}/ready`)).ok) return base; } catch {}
+      try { if ((await fetch(`${base.api}/ready`)).ok) return base; } catch {}
       await sleep(200);
     }
     throw new Error(`${name} not ready; see ${join(dir, `${name}.log`)}`);
@@ -311,6 +312,13 @@ async function main() {
     kib_per_conn: +((rss1 - rss0) / connected).toFixed(2),
   };
   log(`RSS ${rss0} KiB -> ${rss1} KiB: ${result.kib_per_conn} KiB (${result.kb_per_conn} KB) per connection`);
+  {
+    // What the idle connections cost (pings, presence heartbeats, the rest of the product).
+    const c0 = cpuAll(), t0 = performance.now();
+    await sleep(10000);
+    result.idle_cpu_pct = +((100 * (cpuAll() - c0)) / ((performance.now() - t0) / 1000)).toFixed(1);
+    log(`idle: server CPU ${result.idle_cpu_pct} % of a core with ${connected} idle connections`);
+  }
   if (!idle) {
     await phase(gens, 3, false);
     let perf;
@@ -328,6 +336,10 @@ async function main() {
       log("metrics:\n" + pick(/^caas_socket_(fanout_lag_seconds_(sum|count)|ack_seconds_(sum|count))/));
     }
     Object.assign(result, p);
+    // CPU per delivered message above the idle cost of the connections.
+    result.cpu_us_per_delivered_above_idle = +(
+      ((p.server_cpu_s - (result.idle_cpu_pct / 100) * p.wall_s) * 1e6) / p.delivered
+    ).toFixed(2);
     log(`run: ${JSON.stringify(p)}`);
   }
   result.load_avg = uptimeLoad();

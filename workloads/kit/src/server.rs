@@ -10,10 +10,8 @@ use crate::metrics::{self, Metrics};
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::serve::ListenerExt as _;
 use caas_config::ServerConfig;
 use caas_domain::ErrorCode;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -81,23 +79,90 @@ pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// The largest HTTP/1 read buffer of a connection (hyper's default lets it grow to ~400 KiB and
+/// the first read already makes it 16 KiB). Request heads above it are refused (431).
+pub const MAX_HTTP1_BUF: usize = 8192;
+
 /// Serves `app` on `listener` until `stop` is cancelled, then drains in-flight requests.
+///
+/// hyper's connection builder is configured here rather than through `axum::serve`, which does
+/// not expose it: HTTP/1 read buffers are capped at [`MAX_HTTP1_BUF`] (hyper otherwise lets the
+/// first read grow a connection's buffer to 16 KiB and more, which every idle websocket keeps).
+/// Otherwise this is what `axum::serve` does: `TCP_NODELAY`, the peer address as
+/// `ConnectInfo<SocketAddr>`, upgrades (websockets), HTTP/2 with the CONNECT protocol, a pause
+/// after a failed accept (out of file descriptors), graceful shutdown of every connection.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt as _;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_HTTP1_BUF);
+    builder.http2().enable_connect_protocol();
+    let builder = Arc::new(builder);
+    // Connections hold a receiver each; shutdown waits until every one is dropped.
+    let (closed_tx, closed_rx) = tokio::sync::watch::channel(());
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        tracing::error!(error = %e, "Accept failed; pausing 1 s.");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "Failed to set TCP_NODELAY.");
         }
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
+        let svc = app
+            .clone()
+            .map_request(move |req: http::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(ConnectInfo(remote));
+                req
+            });
+        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        let builder = builder.clone();
+        let stop = stop.clone();
+        let closed_rx = closed_rx.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::trace!(error = %e, "Connection ended with an error.");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    if let Err(e) = conn.await {
+                        tracing::trace!(error = %e, "Connection ended with an error.");
+                    }
+                }
+            }
+            drop(closed_rx);
+        });
+    }
+    drop(listener);
+    drop(closed_rx);
+    closed_tx.closed().await;
+    Ok(())
 }
 
 #[cfg(test)]

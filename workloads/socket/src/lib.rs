@@ -63,8 +63,36 @@ pub fn builder(cfg: &caas_config::SocketConfig) -> socketioxide::SocketIoBuilder
         .ping_timeout(Duration::from_millis(cfg.ping_timeout_ms))
         .max_payload(cfg.max_payload_bytes)
         .ack_timeout(Duration::from_secs(10))
-        // tungstenite zero-fills its whole read buffer per connection: client frames are small.
-        .ws_read_buffer_size(4096)
+        // tungstenite zero-fills its whole read buffer per connection and keeps it for the
+        // connection's life: client frames are small (a larger frame still reads, in steps).
+        .ws_read_buffer_size(512)
+}
+/// A Socket.IO request as socketioxide gets it: an owned copy of the URI and of the only header
+/// it reads (`Sec-WebSocket-Key`), the rest of the headers dropped; method, version, extensions
+/// (the upgrade handle, the peer address) and body kept. socketioxide keeps the handshake
+/// request's parts for the life of the connection, and hyper's parsed URI and header values
+/// are slices of the connection's read buffer: kept, they pin that buffer (kilobytes per idle
+/// connection). Other requests pass untouched.
+pub fn own_socketio_request<B>(req: axum::http::Request<B>) -> axum::http::Request<B> {
+    if !req.uri().path().starts_with("/socket.io") {
+        return req;
+    }
+    let (mut parts, body) = req.into_parts();
+    if let Ok(uri) = axum::http::Uri::try_from(parts.uri.to_string()) {
+        parts.uri = uri;
+    }
+    let mut headers = axum::http::HeaderMap::with_capacity(1);
+    if let Some(key) = parts.headers.get(axum::http::header::SEC_WEBSOCKET_KEY)
+        && let Ok(v) = axum::http::HeaderValue::from_bytes(key.as_bytes())
+    {
+        headers.insert(axum::http::header::SEC_WEBSOCKET_KEY, v);
+    }
+    parts.headers = headers;
+    axum::http::Request::from_parts(parts, body)
+}
+
+async fn own_handshake(req: axum::extract::Request) -> axum::extract::Request {
+    own_socketio_request(req)
 }
 
 /// Starts the realtime server on an already built `io` (with its adapter): the fan-out hub,
@@ -170,6 +198,14 @@ impl Mounted {
     }
 }
 
+/// `router` behind the Socket.IO layer, which gets owned copies of its requests
+/// ([`own_socketio_request`]).
+fn mount_layer<A: Adapter>(router: axum::Router, layer: SocketIoLayer<A>) -> axum::Router {
+    router
+        .layer(layer)
+        .layer(axum::middleware::map_request(own_handshake))
+}
+
 fn mounted<A: Adapter>(r: Realtime<A>) -> Mounted {
     let rt = r.rt.clone();
     Mounted {
@@ -194,7 +230,7 @@ pub async fn mount(
             let (layer, io) = builder(&cfg).build_layer();
             let presence = Arc::new(presence::MemoryPresence::new(ttl));
             let r = start(io, app, presence, metrics).await?;
-            Ok((router.layer(layer), mounted(r)))
+            Ok((mount_layer(router, layer), mounted(r)))
         }
         Some((rc, conn)) => {
             use socketioxide_redis::drivers::redis::redis_client as r1;
@@ -215,7 +251,7 @@ pub async fn mount(
                 .build_layer();
             let presence = Arc::new(presence::RedisPresence::new(conn, &rc.key_prefix, ttl));
             let r = start(io, app, presence, metrics).await?;
-            Ok((router.layer(layer), mounted(r)))
+            Ok((mount_layer(router, layer), mounted(r)))
         }
     }
 }
