@@ -95,6 +95,10 @@ pub struct Upload {
     pub media_id: String,
     /// The object store's multipart upload id (S3); empty where parts are objects (local).
     pub backend_id: String,
+    /// A single upload in flight: not addressable by clients; it holds the quota reservation so
+    /// that the janitor gives it back if the request never finishes (timeout, crash).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]

@@ -161,6 +161,50 @@ where
     let reserved = input.content_length.unwrap_or(max);
     reserve(s, caller, reserved).await?;
     let media_id = new_id();
+    // The reservation's record: removed when this request ends; if it never ends (the request
+    // timed out and was dropped, the process died), the janitor gives the quota back.
+    let now = OffsetDateTime::now_utc();
+    let ticket = Upload {
+        tenant_id: caller.tenant().clone(),
+        id: new_id(),
+        conversation_id: input.conversation.clone(),
+        owner_id: caller.user().clone(),
+        name: input.name.clone(),
+        declared_type: input.declared_type.clone(),
+        size: reserved,
+        sha256: None,
+        state: UploadState::Open,
+        media_id: media_id.clone(),
+        backend_id: String::new(),
+        single: true,
+        created_at: now,
+        expires_at: now
+            + time::Duration::milliseconds(s.config.request_timeout_ms as i64)
+            + time::Duration::minutes(1),
+    };
+    if let Err(e) = s.repo.create_upload(&ticket).await {
+        release(s, caller.tenant(), reserved).await;
+        return Err(e.into());
+    }
+    let stored = single_stream(s, caller, input, body, media_id, reserved).await;
+    if let Err(e) = s.repo.delete_upload(&ticket.tenant_id, &ticket.id).await {
+        tracing::warn!(error = %e, "Failed to delete a single upload's reservation record.");
+    }
+    stored
+}
+
+async fn single_stream<S, E>(
+    s: &MediaState,
+    caller: &Caller,
+    input: Single,
+    body: S,
+    media_id: String,
+    reserved: u64,
+) -> Result<Media, MediaError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     let key = object_key(caller.tenant(), &media_id);
     let result = async {
         let writer = s.blobs.writer(&key).await?;
@@ -506,6 +550,7 @@ pub async fn initiate(
         state: UploadState::Open,
         media_id,
         backend_id,
+        single: false,
         created_at: now,
         expires_at: now + time::Duration::seconds(s.config.upload_expiry_secs as i64),
     };
@@ -525,7 +570,9 @@ async fn own_upload(s: &MediaState, caller: &Caller, id: &str) -> Result<Upload,
     s.repo
         .get_upload(caller.tenant(), id)
         .await?
-        .filter(|u| &u.owner_id == caller.user() && u.expires_at > OffsetDateTime::now_utc())
+        .filter(|u| {
+            !u.single && &u.owner_id == caller.user() && u.expires_at > OffsetDateTime::now_utc()
+        })
         .ok_or_else(|| MediaError::not_found("upload"))
 }
 

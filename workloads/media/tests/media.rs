@@ -1078,3 +1078,60 @@ async fn mounted_next_to_other_routes_in_its_own_stack() {
     let (status, body) = call(h.req("GET", "/v1/other", None).body(Body::empty()).unwrap()).await;
     assert_eq!((status, body.as_ref()), (200, b"other".as_ref()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_upload_that_never_ends_gives_its_quota_back() {
+    use futures::StreamExt as _;
+    let h = harness(Backend::Local, Opts::default()).await;
+    // A body that sends a little and then nothing: the request is dropped (as the request
+    // timeout does) while the handler waits for more.
+    let chunks = futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(noise(
+        1000, 1,
+    )))])
+    .chain(futures::stream::pending());
+    let req = h
+        .req(
+            "POST",
+            &format!("/v1/media/conversations/{}/files?name=slow.bin", h.conv),
+            Some("alice"),
+        )
+        .header("content-length", "5000")
+        .body(Body::from_stream(chunks))
+        .unwrap();
+    let app = h.app.clone();
+    let task = tokio::spawn(async move { tower::ServiceExt::oneshot(app, req).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while h.usage().await != 5000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never reserved its quota"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        h.usage().await,
+        5000,
+        "still reserved: nobody ran the request's cleanup"
+    );
+    let now = OffsetDateTime::now_utc();
+    caas_media::sweep(&h.state, now).await.unwrap();
+    assert_eq!(
+        h.usage().await,
+        5000,
+        "not before the request could have ended"
+    );
+    let later = now
+        + time::Duration::milliseconds(h.state.config.request_timeout_ms as i64)
+        + time::Duration::minutes(2);
+    caas_media::sweep(&h.state, later).await.unwrap();
+    assert_eq!(h.usage().await, 0);
+    // A finished upload leaves no record behind to be swept.
+    let r = h
+        .upload("alice", "ok.txt", "text/plain", b"fine".to_vec(), None)
+        .await;
+    assert_eq!(r.status, 201);
+    caas_media::sweep(&h.state, later).await.unwrap();
+    assert_eq!(h.usage().await, 4);
+}

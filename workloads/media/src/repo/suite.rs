@@ -27,6 +27,7 @@ fn upload(t: &str, expires_in: Duration) -> Upload {
         state: UploadState::Open,
         media_id: new_id(),
         backend_id: String::new(),
+        single: false,
         created_at: now,
         expires_at: now + expires_in,
     }
