@@ -19,6 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinSet;
 
+/// How long standalone waits for a first index build before it listens.
+const FIRST_BUILD_WAIT: Duration = Duration::from_secs(10);
+
 async fn state(
     cfg: &Arc<Config>,
     store: DynStore,
@@ -65,6 +68,16 @@ pub async fn mount(
     let state = state(cfg, store, bus, metrics).await?;
     let settings = HttpSettings::from(&cfg.server);
     spawn_indexer(state.engine.clone(), stop);
+    // The process's /ready does not know about search: give a first start (index built from
+    // the store) a moment before listening, so a small platform starts with search ready;
+    // a longer build answers 503 `unavailable` on /v1/search until it is done.
+    let deadline = tokio::time::Instant::now() + FIRST_BUILD_WAIT;
+    while state.engine.current().is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if state.engine.current().is_none() {
+        tracing::info!("The search index is still being built; /v1/search answers 503 until then.");
+    }
     // Nested (each with the standard stack): wrapped routers have fallbacks and cannot merge.
     Ok((
         public.nest(

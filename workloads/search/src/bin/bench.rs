@@ -265,7 +265,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// Send → searchable: the real indexer (default settings) on the embedded log; one message
 /// every 20 ms, each polled (every 1 ms) until a search finds it.
 async fn freshness(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    use caas_bus::{Bus as _, DynBus, Envelope};
+    use caas_bus::{DynBus, Envelope};
     let dir = dir.join("freshness");
     let store: DynStore = Arc::new(caas_store::sqlite::SqliteStore::open(dir.join("store.db"))?);
     let bus: DynBus = Arc::new(caas_bus::embedded::EmbeddedLog::open(

@@ -1,0 +1,100 @@
+//! Search through the real `caas standalone` process: a message sent over REST becomes
+//! searchable; an edit replaces it; another tenant's user with the same id sees nothing; a
+//! member removed from the conversation loses its messages at the next search; after `kill -9`
+//! and a restart the index still has every message once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Http, Standalone, wait_for};
+use serde_json::json;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn total(http: &Http, token: &str, q: &str) -> u64 {
+    let r = http.get(&format!("/v1/search/messages?q={q}"), token).await;
+    r.expect(200, &format!("search {q}"))["total"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn until_total(http: &Http, token: &str, q: &str, want: u64) {
+    wait_for(&format!("{q} to have {want} hits"), WAIT, || async {
+        (total(http, token, q).await == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_in_standalone_follows_sends_edits_membership_and_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sa = Standalone::start(dir.path(), &[]).await;
+    let http = sa.http.clone();
+    let acme = http.create_tenant("search-acme").await;
+    let other = http.create_tenant("search-other").await;
+    let ann = http.token(&acme, "ann").await;
+    let bob = http.token(&acme, "bob").await;
+    let ann_elsewhere = http.token(&other, "ann").await;
+    http.create_group(&ann, "room", &["bob"]).await;
+    let sent = http.send(&ann, "room", "a quokka on the bridge").await;
+    let id = sent["message"]["id"].as_str().unwrap().to_string();
+
+    until_total(&http, &ann, "quokka", 1).await;
+    assert_eq!(total(&http, &bob, "quokka").await, 1);
+    assert_eq!(
+        total(&http, &ann_elsewhere, "quokka").await,
+        0,
+        "another tenant"
+    );
+    let hit = http
+        .get("/v1/search/messages?q=quokka", &bob)
+        .await
+        .expect(200, "search")
+        .clone();
+    assert_eq!(hit["hits"][0]["message"]["id"], id.as_str());
+    assert_eq!(
+        hit["hits"][0]["highlight"],
+        "a <mark>quokka</mark> on the bridge"
+    );
+
+    http.patch(
+        &format!("/v1/conversations/room/messages/{id}"),
+        &ann,
+        json!({"text": "a wombat on the bridge"}),
+    )
+    .await
+    .expect(200, "edit");
+    until_total(&http, &ann, "wombat", 1).await;
+    assert_eq!(
+        total(&http, &ann, "quokka").await,
+        0,
+        "the old text is gone"
+    );
+
+    http.delete("/v1/conversations/room/members/bob", &ann)
+        .await
+        .expect(204, "remove bob");
+    assert_eq!(
+        total(&http, &bob, "wombat").await,
+        0,
+        "a former member sees nothing at the very next search"
+    );
+    let bad = http.get("/v1/search/messages?q=%22open", &ann).await;
+    bad.expect_error(400, "invalid_argument", "unclosed quote");
+
+    let status = http.admin("GET", "/admin/v1/search/status", None).await;
+    assert!(
+        status.expect(200, "status")["documents"].as_u64().unwrap() >= 1,
+        "the admin status counts documents"
+    );
+
+    sa.proc.kill9();
+    sa.proc.restart().await;
+    until_total(&http, &ann, "wombat", 1).await;
+    http.send(&ann, "room", "after the restart, a wombat again")
+        .await;
+    until_total(&http, &ann, "wombat", 2).await;
+    sa.proc.assert_no_panics();
+}
