@@ -165,6 +165,10 @@ pub async fn sweep(s: &MediaState, now: OffsetDateTime) -> Result<Sweep, error::
         }
         let parts = s.repo.list_parts(&u.tenant_id, &u.id).await?;
         upload::discard(s, &u, &parts).await;
+        // An assembly cut short (the request dropped mid-`complete`) may have left the object.
+        s.blobs
+            .delete(&model::object_key(&u.tenant_id, &u.media_id))
+            .await?;
         s.metrics.uploads.with_label_values(&["expired"]).inc();
         out.expired_uploads += 1;
     }
