@@ -59,7 +59,12 @@ pub async fn run(
 ) -> Result<(), caas_bus::BusError> {
     let names = topics_of(&cfg);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    bus.ensure_topics(&refs).await?;
+    if let Err(e) = bus.ensure_topics(&refs).await {
+        // Not ready for good: the process must not look healthy without its pipeline.
+        health.trip(format!("the pipeline could not start: {e}"));
+        tracing::error!(error = %e, topics = ?names, "The pipeline's topics are missing; the pipeline does not run.");
+        return Err(e);
+    }
     let webhooks = cfg.webhook.enabled;
     let levels = cfg.retry_delays_ms.len();
     let ctx = Arc::new(ctx::Ctx::new(
@@ -67,7 +72,7 @@ pub async fn run(
         bus,
         cfg,
         metrics,
-        health,
+        health.clone(),
         stop.clone(),
     ));
     let mut tasks = JoinSet::new();
@@ -96,7 +101,10 @@ pub async fn run(
         first_err.get_or_insert(err);
     }
     match first_err {
-        Some(e) => Err(e),
+        Some(e) => {
+            health.trip(format!("the pipeline stopped: {e}"));
+            Err(e)
+        }
         None => Ok(()),
     }
 }

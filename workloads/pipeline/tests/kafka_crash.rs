@@ -250,3 +250,28 @@ async fn pipeline_child() {
     let running = start(store, bus, pipeline_config());
     running.handle.await.unwrap();
 }
+
+/// Without its topics (and `createTopics` off) the pipeline does not start, says why, and the
+/// process reports not ready instead of looking healthy without a pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topics_stop_the_pipeline_and_fail_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path().join("store.db")).unwrap());
+    let mut k = kafka(&format!("absent-{}.", uuid::Uuid::new_v4().simple()));
+    k.create_topics = false;
+    let bus = Arc::new(KafkaBus::connect(&k).await.unwrap());
+    let health = Arc::new(caas_pipeline::PipelineHealth::default());
+    let r = caas_pipeline::run(
+        store,
+        bus,
+        pipeline_config(),
+        caas_pipeline::PipelineMetrics::new(&caas_kit::metrics::Metrics::new()),
+        health.clone(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await;
+    let err = r.unwrap_err();
+    assert!(err.to_string().contains("do not exist"), "{err}");
+    let why = health.check().unwrap_err();
+    assert!(why.contains("could not start"), "{why}");
+}
