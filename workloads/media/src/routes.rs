@@ -268,6 +268,17 @@ async fn signed(
     }
     let tenant = TenantId::parse(tenant).map_err(|_| MediaError::not_found("file"))?;
     crate::model::check_id(&id)?;
+    // A suspended (or removed) tenant's files are not served, signed or not.
+    match s.auth.tenant(&tenant).await? {
+        Some(t) if t.is_active() => {}
+        Some(_) => {
+            return Err(MediaError::shared(caas_kit::error::ApiError::new(
+                caas_domain::ErrorCode::TenantSuspended,
+                "the tenant is suspended",
+            )));
+        }
+        None => return Err(MediaError::not_found("file")),
+    }
     let media = s
         .repo
         .get_media(&tenant, &id)

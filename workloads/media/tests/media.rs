@@ -387,6 +387,17 @@ async fn signed_urls_work_without_a_token_until_expiry_or_deletion() {
             )
             .await;
         assert_eq!(r.status, 400);
+        // A suspended tenant's URLs stop working, and work again when it is reactivated.
+        let mut tenant = h.store.get_tenant(&h.tenant).await.unwrap().unwrap();
+        tenant.status = caas_domain::model::TenantStatus::Suspended;
+        h.store.put_tenant(&tenant).await.unwrap();
+        h.state.auth.invalidate_tenant(&h.tenant);
+        let r = h.get(&url, None, &[]).await;
+        assert_eq!((r.status, r.code()), (401, "tenant_suspended".into()));
+        tenant.status = caas_domain::model::TenantStatus::Active;
+        h.store.put_tenant(&tenant).await.unwrap();
+        h.state.auth.invalidate_tenant(&h.tenant);
+        assert_eq!(h.get(&url, None, &[]).await.status, 200);
         // Deleted: the URL stops working.
         let r = h
             .call(
