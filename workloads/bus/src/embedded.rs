@@ -773,7 +773,12 @@ mod tests {
         let got = r.next_batch(10, Duration::from_millis(5)).await.unwrap();
         assert_eq!(got.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![3, 4]);
         // Nothing more: an empty poll after linger; then a new record wakes it.
-        assert!(r.next_batch(10, Duration::from_millis(5)).await.unwrap().is_empty());
+        assert!(
+            r.next_batch(10, Duration::from_millis(5))
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let log2 = log.clone();
         let waiter = tokio::spawn(async move {
             let mut r = r;
@@ -789,5 +794,4 @@ mod tests {
         let got = c.next_batch(1, Duration::from_millis(5)).await.unwrap();
         assert_eq!(got[0].offset, 0);
     }
-
 }

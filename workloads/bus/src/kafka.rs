@@ -327,7 +327,6 @@ impl Bus for KafkaBus {
         }))
     }
 
-
     async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>> {
         let consumer: StreamConsumer = consumer_config(&self.cfg, group)
             .create()

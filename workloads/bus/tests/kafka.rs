@@ -468,7 +468,12 @@ async fn a_reader_reads_from_a_position_without_a_group() {
     let mut got = Vec::new();
     let deadline = Instant::now() + WAIT;
     while got.len() < 2 && Instant::now() < deadline {
-        got.extend(reader.next_batch(10, Duration::from_millis(200)).await.unwrap());
+        got.extend(
+            reader
+                .next_batch(10, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
     }
     let offsets: Vec<i64> = got.iter().map(|d| d.offset).collect();
     assert_eq!(offsets, vec![4, 5]);
@@ -478,7 +483,12 @@ async fn a_reader_reads_from_a_position_without_a_group() {
     let mut more = Vec::new();
     let deadline = Instant::now() + WAIT;
     while more.is_empty() && Instant::now() < deadline {
-        more.extend(reader.next_batch(10, Duration::from_millis(200)).await.unwrap());
+        more.extend(
+            reader
+                .next_batch(10, Duration::from_millis(200))
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(more[0].offset, 6);
 }

@@ -1912,11 +1912,16 @@ impl Store for MongoStore {
         if let Some(a) = after {
             filter.insert("id", doc! {"$gt": a.as_str()});
         }
-        self.find_all(&self.users, filter, Some(doc! {"id": 1}), Some(limit_of(limit)))
-            .await?
-            .iter()
-            .map(user_from)
-            .collect()
+        self.find_all(
+            &self.users,
+            filter,
+            Some(doc! {"id": 1}),
+            Some(limit_of(limit)),
+        )
+        .await?
+        .iter()
+        .map(user_from)
+        .collect()
     }
 
     async fn list_conversations(

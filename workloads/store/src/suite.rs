@@ -1861,28 +1861,36 @@ pub async fn search_scans(store: &dyn Store) {
         got.extend(page);
     }
     let got_ids: Vec<MessageId> = got.iter().map(|m| m.id).collect();
-    assert_eq!(got_ids, want, "every message of the tenant once, in id order");
+    assert_eq!(
+        got_ids, want,
+        "every message of the tenant once, in id order"
+    );
     let deleted = got.iter().find(|m| m.id == m2).unwrap();
-    assert!(deleted.deleted_at.is_some(), "soft-deleted ones are scanned too");
+    assert!(
+        deleted.deleted_at.is_some(),
+        "soft-deleted ones are scanned too"
+    );
     let replied = got.iter().find(|m| m.id == m3).unwrap();
     assert_eq!(replied.parent_id, Some(m2), "replies are scanned too");
 
-    let mut mine = store
-        .member_conversation_ids(&t, &uid("bo"))
-        .await
-        .unwrap();
+    let mut mine = store.member_conversation_ids(&t, &uid("bo")).await.unwrap();
     mine.sort();
     let mine: Vec<&str> = mine.iter().map(|c| c.as_str()).collect();
-    assert_eq!(mine, ["sc-a", "sc-b"], "bo's conversations in this tenant only");
+    assert_eq!(
+        mine,
+        ["sc-a", "sc-b"],
+        "bo's conversations in this tenant only"
+    );
     store
         .remove_member(&t, &cid("sc-b"), &uid("bo"))
         .await
         .unwrap();
-    let after_leave = store
-        .member_conversation_ids(&t, &uid("bo"))
-        .await
-        .unwrap();
-    assert_eq!(after_leave, vec![cid("sc-a")], "a member who left is not one");
+    let after_leave = store.member_conversation_ids(&t, &uid("bo")).await.unwrap();
+    assert_eq!(
+        after_leave,
+        vec![cid("sc-a")],
+        "a member who left is not one"
+    );
     assert!(
         store
             .member_conversation_ids(&t, &uid("nobody"))

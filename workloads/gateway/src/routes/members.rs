@@ -89,5 +89,7 @@ pub(crate) async fn mark_read(
     Path(id): Path<ConversationId>,
     Json(req): Json<MarkRead>,
 ) -> Result<Json<Member>, ApiError> {
-    Ok(Json(write::mark_read(&s, &caller, &id, req.position).await?))
+    Ok(Json(
+        write::mark_read(&s, &caller, &id, req.position).await?,
+    ))
 }
