@@ -1067,12 +1067,18 @@ async fn kill_during_indexing_converges(mode: &str) {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("s{}.", uuid::Uuid::new_v4().simple());
     let store: DynStore = Arc::new(SqliteStore::open(dir.path().join("store.db")).unwrap());
-    // An index exists before the events: the child resumes it with its consumer group.
+    // An (empty) index exists before the events, so the child indexes them with its consumer
+    // group, not with a first build's catch-up. Made directly: no consumer has joined the group
+    // before the child.
     {
-        let bus = open_bus(mode, dir.path(), &prefix).await;
-        let w = start_engine(crash_cfg(dir.path(), &prefix), store.clone(), bus).await;
-        w.caught_up().await;
-        w.stop().await;
+        let root = dir.path().join("search");
+        let g = caas_search::index::Generation::create(
+            &root,
+            tantivy::tokenizer::Language::English,
+            32,
+        )
+        .unwrap();
+        caas_search::index::set_current(&root, &g.id).unwrap();
     }
     // 1,500 events in 6 conversations: creations, edits and deletes; the expected final text.
     let bus = open_bus(mode, dir.path(), &prefix).await;
