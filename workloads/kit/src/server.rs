@@ -79,16 +79,13 @@ pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
 }
 
-/// The largest HTTP/1 read buffer of a connection (hyper's default lets it grow to ~400 KiB and
-/// the first read already makes it 16 KiB). Request heads above it are refused (431).
-pub const MAX_HTTP1_BUF: usize = 8192;
-
 /// Serves `app` on `listener` until `stop` is cancelled, then drains in-flight requests.
 ///
-/// hyper's connection builder is configured here rather than through `axum::serve`, which does
-/// not expose it: HTTP/1 read buffers are capped at [`MAX_HTTP1_BUF`] (hyper otherwise lets the
-/// first read grow a connection's buffer to 16 KiB and more, which every idle websocket keeps).
-/// Otherwise this is what `axum::serve` does: `TCP_NODELAY`, the peer address as
+/// hyper's connection builder is used directly rather than through `axum::serve`, so that its
+/// settings can be tuned. HTTP/1 read buffers keep hyper's default ceiling: capping them at
+/// 8 KiB saved ~4 KiB per idle websocket but broke early answers to oversized bodies (a 413 sent
+/// before a 300 KiB body was read turned into a reset connection on the client, because the
+/// server could no longer absorb the rest before closing). This is what `axum::serve` does: `TCP_NODELAY`, the peer address as
 /// `ConnectInfo<SocketAddr>`, upgrades (websockets), HTTP/2 with the CONNECT protocol, a pause
 /// after a failed accept (out of file descriptors), graceful shutdown of every connection.
 pub async fn serve(
@@ -102,7 +99,6 @@ pub async fn serve(
     use tower::ServiceExt as _;
 
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(MAX_HTTP1_BUF);
     builder.http2().enable_connect_protocol();
     let builder = Arc::new(builder);
     // Connections hold a receiver each; shutdown waits until every one is dropped.
