@@ -17,7 +17,6 @@ use caas_store::DynStore;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinSet;
 
 /// Adds `/v1/media/...` to an already wrapped service router and starts the janitor (until
 /// `stop`). In one process on embedded defaults a missing URL signing key is generated.
@@ -111,21 +110,11 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
     );
     let internal = server::wrap(health.detail_router(), &metrics, &settings);
 
-    let bind = |addr: String| async move {
-        server::bind(&addr)
-            .await
-            .with_context(|| format!("binding {addr}"))
-    };
-    let api_l = bind(cfg.server.listen.clone()).await?;
-    let int_l = bind(cfg.server.internal_listen.clone()).await?;
-    let met_l = bind(cfg.server.metrics_listen.clone()).await?;
-    tracing::info!(api = %api_l.local_addr()?, backend = state.blobs.kind(), "Media listening.");
+    let listeners = crate::run::Listeners::bind(&cfg.server).await?;
+    let bound = listeners.bound()?;
+    tracing::info!(api = %bound.api, backend = state.blobs.kind(), "Media listening.");
 
-    let http_stop = CancellationToken::new();
-    let mut servers = JoinSet::new();
-    servers.spawn(server::serve(api_l, public, http_stop.clone()));
-    servers.spawn(server::serve(int_l, internal, http_stop.clone()));
-    servers.spawn(server::serve(met_l, metrics.router(), http_stop.clone()));
+    let serving = listeners.serve(public, internal, metrics.router());
     let janitor_stop = CancellationToken::new();
     let janitor = tokio::spawn(caas_media::janitor(state, janitor_stop.clone()));
 
@@ -134,20 +123,10 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     health.set_draining();
     tokio::time::sleep(Duration::from_millis(cfg.server.drain_delay_ms)).await;
-    http_stop.cancel();
     janitor_stop.cancel();
-    shutdown::with_deadline(
-        deadline.saturating_sub(started.elapsed()),
-        "HTTP drain",
-        async {
-            while let Some(r) = servers.join_next().await {
-                if let Ok(Err(e)) = r {
-                    tracing::warn!(error = %e, "A listener failed while draining.");
-                }
-            }
-        },
-    )
-    .await;
+    serving
+        .drain(deadline.saturating_sub(started.elapsed()))
+        .await;
     shutdown::with_deadline(
         deadline.saturating_sub(started.elapsed()),
         "media janitor",

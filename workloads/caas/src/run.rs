@@ -182,27 +182,11 @@ pub async fn start_with(
     }
     let metrics_router = metrics.router();
 
-    let api_l = server::bind(&cfg.server.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.server.listen))?;
-    let int_l = server::bind(&cfg.server.internal_listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.server.internal_listen))?;
-    let met_l = server::bind(&cfg.server.metrics_listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.server.metrics_listen))?;
-    let bound = Bound {
-        api: api_l.local_addr()?,
-        internal: int_l.local_addr()?,
-        metrics: met_l.local_addr()?,
-    };
+    let listeners = Listeners::bind(&cfg.server).await?;
+    let bound = listeners.bound()?;
     tracing::info!(api = %bound.api, internal = %bound.internal, metrics = %bound.metrics, "Listening.");
-
-    let http_stop = CancellationToken::new();
-    let mut servers = JoinSet::new();
-    servers.spawn(server::serve(api_l, public, http_stop.clone()));
-    servers.spawn(server::serve(int_l, internal, http_stop.clone()));
-    servers.spawn(server::serve(met_l, metrics_router, http_stop.clone()));
+    let serving = listeners.serve(public, internal, metrics_router);
+    let http_stop = serving.stop_token();
 
     let pipeline_stop = CancellationToken::new();
     let pipeline = parts.pipeline.then(|| {
@@ -256,23 +240,90 @@ pub async fn start_with(
         )
         .await;
     }
-    http_stop.cancel();
-    shutdown::with_deadline(
-        deadline.saturating_sub(started.elapsed()),
-        "HTTP drain",
-        async {
-            while let Some(r) = servers.join_next().await {
-                if let Ok(Err(e)) = r {
-                    tracing::warn!(error = %e, "A listener failed while draining.");
-                }
-            }
-        },
-    )
-    .await;
+    serving
+        .drain(deadline.saturating_sub(started.elapsed()))
+        .await;
     pipeline_stop.cancel();
     if let Some(p) = pipeline {
         shutdown::with_deadline(deadline.saturating_sub(started.elapsed()), "pipeline", p).await;
     }
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// The three listeners of a workload process: service, internal (admin, `/ready/detail`) and
+/// metrics.
+pub struct Listeners {
+    api: tokio::net::TcpListener,
+    internal: tokio::net::TcpListener,
+    metrics: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds `server.listen`, `server.internalListen` and `server.metricsListen`.
+    pub async fn bind(server: &caas_config::ServerConfig) -> anyhow::Result<Self> {
+        let bind = |addr: &str| {
+            let addr = addr.to_owned();
+            async move {
+                server::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))
+            }
+        };
+        Ok(Self {
+            api: bind(&server.listen).await?,
+            internal: bind(&server.internal_listen).await?,
+            metrics: bind(&server.metrics_listen).await?,
+        })
+    }
+
+    /// The addresses bound (ports chosen by the system when configured as 0).
+    pub fn bound(&self) -> std::io::Result<Bound> {
+        Ok(Bound {
+            api: self.api.local_addr()?,
+            internal: self.internal.local_addr()?,
+            metrics: self.metrics.local_addr()?,
+        })
+    }
+
+    /// Serves the three routers until [`Serving::drain`].
+    pub fn serve(
+        self,
+        public: axum::Router,
+        internal: axum::Router,
+        metrics: axum::Router,
+    ) -> Serving {
+        let stop = CancellationToken::new();
+        let mut servers = JoinSet::new();
+        servers.spawn(server::serve(self.api, public, stop.clone()));
+        servers.spawn(server::serve(self.internal, internal, stop.clone()));
+        servers.spawn(server::serve(self.metrics, metrics, stop.clone()));
+        Serving { stop, servers }
+    }
+}
+
+/// Listeners being served.
+pub struct Serving {
+    stop: CancellationToken,
+    servers: JoinSet<std::io::Result<()>>,
+}
+
+impl Serving {
+    /// Cancelled when the listeners stop accepting (for tasks that live as long as they do).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Stops accepting and waits (at most `within`) for in-flight requests to finish.
+    pub async fn drain(mut self, within: Duration) {
+        self.stop.cancel();
+        shutdown::with_deadline(within, "HTTP drain", async {
+            while let Some(r) = self.servers.join_next().await {
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(error = %e, "A listener failed while draining.");
+                }
+            }
+        })
+        .await;
+    }
 }

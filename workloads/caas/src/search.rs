@@ -17,7 +17,6 @@ use caas_store::DynStore;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinSet;
 
 /// How long standalone waits for a first index build before it listens.
 const FIRST_BUILD_WAIT: Duration = Duration::from_secs(10);
@@ -135,22 +134,12 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
         &metrics,
         &settings,
     );
-    let bind = |addr: String| async move {
-        server::bind(&addr)
-            .await
-            .with_context(|| format!("binding {addr}"))
-    };
-    let api_l = bind(cfg.server.listen.clone()).await?;
-    let int_l = bind(cfg.server.internal_listen.clone()).await?;
-    let met_l = bind(cfg.server.metrics_listen.clone()).await?;
-    tracing::info!(api = %api_l.local_addr()?, internal = %int_l.local_addr()?,
+    let listeners = crate::run::Listeners::bind(&cfg.server).await?;
+    let bound = listeners.bound()?;
+    tracing::info!(api = %bound.api, internal = %bound.internal,
         group = %state.engine.group_id, "Search listening.");
 
-    let http_stop = CancellationToken::new();
-    let mut servers = JoinSet::new();
-    servers.spawn(server::serve(api_l, public, http_stop.clone()));
-    servers.spawn(server::serve(int_l, internal, http_stop.clone()));
-    servers.spawn(server::serve(met_l, metrics.router(), http_stop.clone()));
+    let serving = listeners.serve(public, internal, metrics.router());
     let indexer_stop = CancellationToken::new();
     let indexer = spawn_indexer(state.engine.clone(), indexer_stop.clone());
 
@@ -159,19 +148,9 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     health.set_draining();
     tokio::time::sleep(Duration::from_millis(cfg.server.drain_delay_ms)).await;
-    http_stop.cancel();
-    shutdown::with_deadline(
-        deadline.saturating_sub(started.elapsed()),
-        "HTTP drain",
-        async {
-            while let Some(r) = servers.join_next().await {
-                if let Ok(Err(e)) = r {
-                    tracing::warn!(error = %e, "A listener failed while draining.");
-                }
-            }
-        },
-    )
-    .await;
+    serving
+        .drain(deadline.saturating_sub(started.elapsed()))
+        .await;
     indexer_stop.cancel();
     shutdown::with_deadline(
         deadline.saturating_sub(started.elapsed()),
