@@ -362,12 +362,7 @@ async fn disconnected<A: Adapter>(rt: Arc<Rt<A>>, s: SocketRef<A>) {
         Ok(true) => {
             let rooms = sess.rooms.lock().clone();
             if !rooms.is_empty() {
-                let payload =
-                    json!({"user_id": sess.conn.user, "online": false, "at": now_rfc3339()});
-                rt.metrics.events_out.with_label_values(&["presence"]).inc();
-                if let Err(e) = s.broadcast().to(rooms).emit("presence", &payload).await {
-                    tracing::debug!(error = %e, "Presence broadcast failed for some sockets.");
-                }
+                announce_presence(&rt, &s, &sess, rooms, false).await;
             }
         }
         Ok(false) => {}

@@ -77,17 +77,16 @@ pub(crate) fn prepare(d: &Delivery, partition_count: usize) -> Option<(Prepared,
         Ok(Value::Object(m)) => m,
         _ => return None,
     };
-    if let ConversationEvent::MessageCreated(m) = &env.event {
-        // Never trust HTML from a producer: render it again from the text.
+    // Never trust HTML from a producer: render it again from the text.
+    let text = match &env.event {
+        ConversationEvent::MessageCreated(m) => Some(&m.text),
+        ConversationEvent::MessageUpdated(m) => Some(&m.text),
+        _ => None,
+    };
+    if let Some(text) = text {
         payload.insert(
             "html".into(),
-            Value::String(caas_domain::text::render(&m.text).html),
-        );
-    }
-    if let ConversationEvent::MessageUpdated(m) = &env.event {
-        payload.insert(
-            "html".into(),
-            Value::String(caas_domain::text::render(&m.text).html),
+            Value::String(caas_domain::text::render(text).html),
         );
     }
     payload.insert(
