@@ -257,6 +257,25 @@ impl MongoStore {
             .map_err(db_err)
     }
 
+    /// One keyset page of a tenant's documents of `coll` by `id`: those after `after`, in id order.
+    async fn tenant_page(
+        &self,
+        coll: &Collection<Document>,
+        tenant: &TenantId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<Document>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! {"tenant_id": tenant.as_str()};
+        if let Some(a) = after {
+            filter.insert("id", doc! {"$gt": a});
+        }
+        self.find_all(coll, filter, Some(doc! {"id": 1}), Some(limit_of(limit)))
+            .await
+    }
+
     async fn load_conversation_doc(
         &self,
         t: &TenantId,
@@ -1905,18 +1924,11 @@ impl Store for MongoStore {
         after: Option<&UserId>,
         limit: u32,
     ) -> Result<Vec<User>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut filter = doc! {"tenant_id": tenant.as_str()};
-        if let Some(a) = after {
-            filter.insert("id", doc! {"$gt": a.as_str()});
-        }
-        self.find_all(
+        self.tenant_page(
             &self.users,
-            filter,
-            Some(doc! {"id": 1}),
-            Some(limit_of(limit)),
+            tenant,
+            after.map(|a| a.as_str().to_owned()),
+            limit,
         )
         .await?
         .iter()
@@ -1930,18 +1942,11 @@ impl Store for MongoStore {
         after: Option<&ConversationId>,
         limit: u32,
     ) -> Result<Vec<Conversation>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut filter = doc! {"tenant_id": tenant.as_str()};
-        if let Some(a) = after {
-            filter.insert("id", doc! {"$gt": a.as_str()});
-        }
-        self.find_all(
+        self.tenant_page(
             &self.conversations,
-            filter,
-            Some(doc! {"id": 1}),
-            Some(limit_of(limit)),
+            tenant,
+            after.map(|a| a.as_str().to_owned()),
+            limit,
         )
         .await?
         .iter()
@@ -1955,23 +1960,11 @@ impl Store for MongoStore {
         after: Option<&MessageId>,
         limit: u32,
     ) -> Result<Vec<Message>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut filter = doc! {"tenant_id": tenant.as_str()};
-        if let Some(a) = after {
-            filter.insert("id", doc! {"$gt": a.to_string()});
-        }
-        self.find_all(
-            &self.messages,
-            filter,
-            Some(doc! {"id": 1}),
-            Some(limit_of(limit)),
-        )
-        .await?
-        .iter()
-        .map(message_from)
-        .collect()
+        self.tenant_page(&self.messages, tenant, after.map(|a| a.to_string()), limit)
+            .await?
+            .iter()
+            .map(message_from)
+            .collect()
     }
 
     async fn member_conversation_ids(
