@@ -92,6 +92,28 @@ impl SqliteRepo {
             .await
             .map_err(err)?
     }
+
+    /// The document of one row of `table` (a media table keyed by tenant and id).
+    async fn get_doc<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        table: &'static str,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<T>> {
+        let (t, id) = (tenant.to_string(), id.to_string());
+        self.with(move |c| {
+            let doc: Option<String> = c
+                .query_row(
+                    &format!("SELECT doc FROM {table} WHERE tenant_id = ?1 AND id = ?2"),
+                    params![t, id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(err)?;
+            doc.map(|d| from_doc(&d)).transpose()
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -129,19 +151,7 @@ impl MediaRepo for SqliteRepo {
     }
 
     async fn get_upload(&self, tenant: &TenantId, id: &str) -> Result<Option<Upload>> {
-        let (t, id) = (tenant.to_string(), id.to_string());
-        self.with(move |c| {
-            let doc: Option<String> = c
-                .query_row(
-                    "SELECT doc FROM media_uploads WHERE tenant_id = ?1 AND id = ?2",
-                    params![t, id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(err)?;
-            doc.map(|d| from_doc(&d)).transpose()
-        })
-        .await
+        self.get_doc("media_uploads", tenant, id).await
     }
 
     async fn set_upload_state(
@@ -261,19 +271,7 @@ impl MediaRepo for SqliteRepo {
     }
 
     async fn get_media(&self, tenant: &TenantId, id: &str) -> Result<Option<Media>> {
-        let (t, id) = (tenant.to_string(), id.to_string());
-        self.with(move |c| {
-            let doc: Option<String> = c
-                .query_row(
-                    "SELECT doc FROM media_files WHERE tenant_id = ?1 AND id = ?2",
-                    params![t, id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(err)?;
-            doc.map(|d| from_doc(&d)).transpose()
-        })
-        .await
+        self.get_doc("media_files", tenant, id).await
     }
 
     async fn mark_deleted(
