@@ -22,6 +22,7 @@ use std::time::Duration;
 /// `stop`). In one process on embedded defaults a missing URL signing key is generated.
 pub async fn mount(
     cfg: &Config,
+    repo: caas_media::repo::DynRepo,
     store: DynStore,
     bus: DynBus,
     metrics: &Arc<Metrics>,
@@ -31,14 +32,14 @@ pub async fn mount(
     if cfg.media.signing_key.is_empty() {
         caas_media::ensure_signing_key(Path::new(&cfg.media.signing_key_file))?;
     }
-    let state = caas_media::build(
+    let state = caas_media::build_with_repo(
         cfg,
+        repo,
         store.clone(),
         bus,
         wire::authenticator(cfg, store)?,
         metrics,
-    )
-    .await?;
+    )?;
     tokio::spawn(caas_media::janitor(state.clone(), stop));
     Ok(caas_media::mount(public, state, metrics, &cfg.server))
 }

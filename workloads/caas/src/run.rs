@@ -111,7 +111,13 @@ pub async fn start_with(
 
     let mut public = health.public_router();
     let mut internal = health.detail_router();
-    let state = if parts.gateway || parts.socket {
+    // Media metadata: the gateway checks the files a message carries; in one process the media
+    // API shares the same repository.
+    let media_repo = match parts.gateway || parts.socket {
+        true => Some(caas_media::repo(&cfg).await?),
+        false => None,
+    };
+    let state = if let Some(media) = media_repo.clone() {
         Some(caas_gateway::AppState {
             store: store.clone(),
             bus: bus.clone(),
@@ -120,6 +126,7 @@ pub async fn start_with(
             dedupe,
             config: cfg.clone(),
             admin_token: Arc::new(wire::admin_token(&cfg)?),
+            media,
         })
     } else {
         None
@@ -137,9 +144,13 @@ pub async fn start_with(
     let internal = server::wrap(internal, &metrics, &settings);
     // Media under /v1/media with its own request timeout (uploads stream for long), when the
     // gateway and the pipeline share the process (standalone); `caas media` runs it alone.
-    public = if parts.gateway && parts.pipeline {
+    public = if parts.gateway
+        && parts.pipeline
+        && let Some(repo) = media_repo
+    {
         crate::media::mount(
             &cfg,
+            repo,
             store.clone(),
             bus.clone(),
             &metrics,

@@ -14,6 +14,7 @@ pub enum ErrorCode {
     TextTooLong,
     TextEmpty,
     InvalidCursor,
+    InvalidAttachment,
     MalformedJson,
     UnknownField,
     // 401
@@ -59,6 +60,7 @@ impl ErrorCode {
             TextTooLong => "text_too_long",
             TextEmpty => "text_empty",
             InvalidCursor => "invalid_cursor",
+            InvalidAttachment => "invalid_attachment",
             MalformedJson => "malformed_json",
             UnknownField => "unknown_field",
             Unauthenticated => "unauthenticated",
@@ -90,7 +92,7 @@ impl ErrorCode {
         use ErrorCode::*;
         match self {
             InvalidId | InvalidArgument | TextTooLong | TextEmpty | InvalidCursor
-            | MalformedJson | UnknownField => 400,
+            | InvalidAttachment | MalformedJson | UnknownField => 400,
             Unauthenticated | TokenExpired | TokenNotYetValid | TokenInvalid | TokenRevoked
             | TenantSuspended | InvalidCredentials => 401,
             Forbidden | NotMember => 403,

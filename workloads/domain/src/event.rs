@@ -5,8 +5,8 @@
 //! The JSON form (`{"type": "message.created", ...}`) is a public contract between workloads of
 //! different versions: add optional fields only; anything else is a new `type`.
 
-use crate::ids::{MessageId, UserId};
-use crate::model::{ForwardedFrom, Position, Role};
+use crate::ids::{ConversationId, MessageId, TenantId, UserId};
+use crate::model::{Attachment, ForwardedFrom, Message, Position, Role};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -74,8 +74,45 @@ pub struct MessageCreated {
     pub client_msg_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarded_from: Option<ForwardedFrom>,
+    /// Files the gateway checked (the sender's own, live, in this conversation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+impl MessageCreated {
+    /// The message this event creates, as stored and as returned to the sender: `position` is
+    /// the event's log offset (the conversation's order).
+    pub fn to_message(
+        &self,
+        tenant_id: &TenantId,
+        conversation_id: &ConversationId,
+        position: Position,
+    ) -> Message {
+        Message {
+            tenant_id: tenant_id.clone(),
+            conversation_id: conversation_id.clone(),
+            id: self.message_id,
+            position,
+            sender_id: self.sender_id.clone(),
+            text: self.text.clone(),
+            html: self.html.clone(),
+            mentions: self.mentions.clone(),
+            links: self.links.clone(),
+            hashtags: self.hashtags.clone(),
+            parent_id: self.parent_id,
+            reply_count: 0,
+            reactions: Default::default(),
+            client_msg_id: self.client_msg_id.clone(),
+            forwarded_from: self.forwarded_from.clone(),
+            attachments: self.attachments.clone(),
+            created_at: self.created_at,
+            edited_at: None,
+            deleted_at: None,
+            deleted_by: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

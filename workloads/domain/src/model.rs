@@ -250,6 +250,28 @@ pub struct ForwardedFrom {
     pub sender_id: UserId,
 }
 
+/// What a message carries about one attached file (uploaded through the media API first), so
+/// clients can render it without another request. The file itself is read at
+/// `/v1/media/{id}` by members of the message's conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Attachment {
+    /// Media id.
+    pub id: String,
+    /// File name as uploaded (sanitised).
+    pub name: String,
+    /// Sniffed content type.
+    pub content_type: String,
+    /// Size in bytes.
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// Whether `/v1/media/{id}/thumbnail` serves a thumbnail.
+    #[serde(default)]
+    pub has_thumbnail: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     pub tenant_id: TenantId,
@@ -274,6 +296,9 @@ pub struct Message {
     pub client_msg_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forwarded_from: Option<ForwardedFrom>,
+    /// Files attached when the message was sent (at most 10); kept when the text is edited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(
@@ -302,6 +327,7 @@ impl Message {
             self.links.clear();
             self.hashtags.clear();
             self.reactions.clear();
+            self.attachments.clear();
         }
         self
     }
@@ -336,7 +362,13 @@ pub struct AuditEntry {
 
 /// Checks a message text: not blank, at most [`MAX_TEXT_CHARS`], no NUL.
 pub fn validate_text(text: &str) -> Result<(), DomainError> {
-    if text.trim().is_empty() {
+    validate_body(text, false)
+}
+
+/// Checks a message's text as [`validate_text`] does, except that a message carrying files
+/// (`with_attachments`) may have no text.
+pub fn validate_body(text: &str, with_attachments: bool) -> Result<(), DomainError> {
+    if !with_attachments && text.trim().is_empty() {
         return Err(DomainError::new(
             ErrorCode::TextEmpty,
             "text must not be empty",

@@ -126,6 +126,8 @@ pub struct MemberListQuery {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
+    /// The text (may be empty when the message carries files).
+    #[serde(default)]
     pub text: String,
     /// Makes the send idempotent: a retry with the same id is the same message.
     #[serde(default)]
@@ -133,6 +135,10 @@ pub struct SendMessage {
     /// Replies in the thread of this top-level message.
     #[serde(default)]
     pub parent_id: Option<MessageId>,
+    /// Ids of files uploaded to this conversation through `/v1/media` by the sender (at most
+    /// 10). With files the text may be empty.
+    #[serde(default)]
+    pub attachments: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

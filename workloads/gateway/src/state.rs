@@ -33,6 +33,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The bearer token of the internal admin API.
     pub admin_token: Arc<String>,
+    /// Media metadata, to check the files a message carries.
+    pub media: caas_media::repo::DynRepo,
 }
 
 impl std::fmt::Debug for AppState {

@@ -19,7 +19,6 @@ use caas_domain::permission::{Action, Resource};
 use caas_domain::{ConversationId, ErrorCode, MessageId, UserId};
 use caas_kit::dedupe::Reservation;
 use caas_kit::error::ApiError;
-use std::collections::BTreeMap;
 use std::time::Duration;
 use time::OffsetDateTime;
 
@@ -35,6 +34,9 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
     /// A thread reply to this top-level message.
     pub parent_id: Option<MessageId>,
+    /// Media ids of files the sender uploaded to this conversation (at most 10); a message with
+    /// files may have no text.
+    pub attachments: Vec<String>,
 }
 
 /// Sends a message (or a thread reply); the answer means it is durable in the log.
@@ -45,16 +47,7 @@ pub async fn send(
     new: NewMessage,
 ) -> Result<Accepted, ApiError> {
     let access = s.access(caller, conversation).await?;
-    accept(
-        s,
-        caller,
-        &access,
-        new.text,
-        new.client_msg_id,
-        new.parent_id,
-        None,
-    )
-    .await
+    accept(s, caller, &access, new, None).await
 }
 
 /// The mentioned candidates that are members of the conversation (at most the first 20).
@@ -82,18 +75,22 @@ pub(crate) async fn accept(
     s: &AppState,
     caller: &Caller,
     access: &Access,
-    text: String,
-    client_msg_id: Option<String>,
-    parent_id: Option<MessageId>,
+    new: NewMessage,
     forwarded_from: Option<ForwardedFrom>,
 ) -> Result<Accepted, ApiError> {
+    let NewMessage {
+        text,
+        client_msg_id,
+        parent_id,
+        attachments,
+    } = new;
     access.decide(
         caller,
         Resource::Message,
         Action::Create,
         Some(caller.user()),
     )?;
-    model::validate_text(&text)?;
+    model::validate_body(&text, !attachments.is_empty())?;
     if let Some(c) = &client_msg_id {
         model::validate_client_msg_id(c)?;
     }
@@ -145,6 +142,7 @@ pub(crate) async fn accept(
         }
     }
 
+    let attachments = attached_files(s, caller, &conv.id, &attachments).await?;
     let rendered = caas_domain::text::render(&text);
     let mentions = member_mentions(s, caller, &conv.id, &rendered.mentions).await?;
     let created_at = now();
@@ -158,9 +156,11 @@ pub(crate) async fn accept(
         hashtags: rendered.hashtags.clone(),
         parent_id,
         client_msg_id: client_msg_id.clone(),
-        forwarded_from: forwarded_from.clone(),
+        forwarded_from,
+        attachments,
         created_at,
     };
+    let message = event.to_message(caller.tenant(), &conv.id, 0);
     let published = s
         .publish(
             caller.tenant(),
@@ -181,25 +181,8 @@ pub(crate) async fn accept(
         }
     };
     let message = Message {
-        tenant_id: caller.tenant().clone(),
-        conversation_id: conv.id.clone(),
-        id: message_id,
         position: pos.offset,
-        sender_id: caller.user().clone(),
-        text,
-        html: rendered.html,
-        mentions,
-        links: rendered.links,
-        hashtags: rendered.hashtags,
-        parent_id,
-        reply_count: 0,
-        reactions: BTreeMap::new(),
-        client_msg_id,
-        forwarded_from,
-        created_at,
-        edited_at: None,
-        deleted_at: None,
-        deleted_by: None,
+        ..message
     };
     let done = Accepted {
         message,
@@ -210,6 +193,26 @@ pub(crate) async fn accept(
         complete(s, key, &done).await;
     }
     Ok(done)
+}
+
+/// The files a message names, checked against the media metadata: each must be a live file
+/// the sender uploaded to this conversation (see [`caas_media::attach::validate`]).
+async fn attached_files(
+    s: &AppState,
+    caller: &Caller,
+    conversation: &ConversationId,
+    ids: &[String],
+) -> Result<Vec<model::Attachment>, ApiError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    caas_media::attach::validate(&*s.media, caller.tenant(), conversation, caller.user(), ids)
+        .await
+        .map_err(|e| match e.shared {
+            Some(ErrorCode::Unavailable) => ApiError::unavailable(e.message),
+            Some(code) => ApiError::new(code, e.message),
+            None => ApiError::internal(e.message),
+        })
 }
 
 /// Reserves a client message id. `Some` when the send was already done.

@@ -143,6 +143,9 @@ async fn dead_letters_and_webhooks_through_the_admin_api() {
         limiter: Arc::new(caas_kit::ratelimit::MemoryLimiter::new()),
         dedupe: Arc::new(caas_kit::dedupe::MemoryDedupe::new()),
         config: Arc::new(cfg),
+        media: Arc::new(
+            caas_media::repo::sqlite::SqliteRepo::open(dir.path().join("media.db")).unwrap(),
+        ),
         admin_token: Arc::new(TOKEN.into()),
     };
     let app = caas_gateway::internal_router(state);
@@ -180,6 +183,7 @@ async fn dead_letters_and_webhooks_through_the_admin_api() {
                 parent_id: None,
                 client_msg_id: None,
                 forwarded_from: None,
+                attachments: Vec::new(),
                 created_at: now,
             }),
         };

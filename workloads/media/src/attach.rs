@@ -7,27 +7,13 @@
 use crate::error::MediaError;
 use crate::model::{self, Media};
 use crate::repo::MediaRepo;
-use caas_domain::{ConversationId, TenantId, UserId};
-use http::StatusCode;
-use serde::{Deserialize, Serialize};
+use caas_domain::{ConversationId, ErrorCode, TenantId, UserId};
+use caas_kit::error::ApiError;
 
 /// Most files one message may carry.
 pub const MAX_ATTACHMENTS: usize = 10;
 
-/// What a message carries about one attached file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attachment {
-    pub id: String,
-    pub name: String,
-    pub content_type: String,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub width: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub height: Option<u32>,
-    #[serde(default)]
-    pub has_thumbnail: bool,
-}
+pub use caas_domain::model::Attachment;
 
 impl From<&Media> for Attachment {
     fn from(m: &Media) -> Self {
@@ -44,7 +30,7 @@ impl From<&Media> for Attachment {
 }
 
 fn refused(message: String) -> MediaError {
-    MediaError::new(StatusCode::BAD_REQUEST, "invalid_attachment", message)
+    MediaError::shared(ApiError::new(ErrorCode::InvalidAttachment, message))
 }
 
 /// Checks the files a message by `sender` in `conversation` wants to carry.

@@ -107,9 +107,22 @@ pub async fn build(
     auth: Arc<Authenticator>,
     metrics: &Metrics,
 ) -> anyhow::Result<MediaState> {
+    build_with_repo(cfg, repo(cfg).await?, store, bus, auth, metrics)
+}
+
+/// [`build`] on a metadata repository the process already opened (standalone shares one with
+/// the gateway, which checks the files messages carry).
+pub fn build_with_repo(
+    cfg: &Config,
+    repo: repo::DynRepo,
+    store: DynStore,
+    bus: DynBus,
+    auth: Arc<Authenticator>,
+    metrics: &Metrics,
+) -> anyhow::Result<MediaState> {
     let signer = sign::Signer::new(&signing_key(&cfg.media)?)?;
     Ok(MediaState {
-        repo: repo(cfg).await?,
+        repo,
         blobs: blobs::Blobs::from_config(&cfg.media.backend)
             .context("opening the media backend")?,
         store,

@@ -449,6 +449,7 @@ mod tests {
             parent_id: None,
             client_msg_id: None,
             forwarded_from: None,
+            attachments: Vec::new(),
             created_at: time::OffsetDateTime::UNIX_EPOCH,
         });
         let ConversationEvent::MessageCreated(m) = transform(ev) else {
@@ -522,6 +523,7 @@ mod tests {
             parent_id: None,
             client_msg_id: None,
             forwarded_from: None,
+            attachments: Vec::new(),
             created_at: time::OffsetDateTime::UNIX_EPOCH,
         });
         let e = validate(&ev).unwrap_err();

@@ -96,6 +96,7 @@ fn created(id: MessageId, sender: &str, text: &str) -> ConversationEvent {
         parent_id: None,
         client_msg_id: None,
         forwarded_from: None,
+        attachments: Vec::new(),
         created_at: OffsetDateTime::now_utc(),
     })
 }

@@ -65,18 +65,6 @@ struct Decoded {
     conversation: ConversationId,
     offset: i64,
     event: ConversationEvent,
-    has_attachment: Option<bool>,
-}
-
-/// Whether an event's payload carries attachments: an `attachments` array in the event (the
-/// media workload's field). Absent: `None` (an edit keeps what the message had).
-fn attachments_of(payload: &[u8]) -> Option<bool> {
-    if !payload.windows(13).any(|w| w == b"\"attachments\"") {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let a = v.get("event")?.get("attachments")?;
-    Some(a.as_array().is_some_and(|a| !a.is_empty()))
 }
 
 fn decode(d: &Delivery) -> Option<Decoded> {
@@ -101,12 +89,6 @@ fn decode(d: &Delivery) -> Option<Decoded> {
         tenant: env.tenant_id,
         conversation,
         offset: d.offset,
-        has_attachment: match &env.event {
-            ConversationEvent::MessageCreated(_) | ConversationEvent::MessageUpdated(_) => {
-                attachments_of(&d.payload)
-            }
-            _ => None,
-        },
         event: env.event,
     })
 }
@@ -194,7 +176,7 @@ fn operations(
                     created_ms: ms(m.created_at),
                     edited_ms: None,
                     parent_id: m.parent_id.map(|p| p.to_string()),
-                    has_attachment: d.has_attachment.unwrap_or(false),
+                    has_attachment: !m.attachments.is_empty(),
                     position: d.offset,
                 };
                 pending.insert((tenant, doc.id.clone()), Some(doc.clone()));
@@ -211,10 +193,8 @@ fn operations(
                 match prev {
                     Some(mut doc) if doc.conversation_id == d.conversation.as_str() => {
                         doc.text = m.text;
+                        // An edit changes the text; the files stay.
                         doc.edited_ms = Some(ms(m.edited_at));
-                        if let Some(a) = d.has_attachment {
-                            doc.has_attachment = a;
-                        }
                         pending.insert(key, Some(doc.clone()));
                         ops.push(Op::Message(doc));
                         report.indexed += 1;
@@ -386,22 +366,4 @@ pub async fn heads(bus: &DynBus) -> Result<BTreeMap<i32, i64>, caas_bus::BusErro
         out.insert(p, bus.high_watermark(topics::CONVERSATION_EVENTS, p).await?);
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn attachments_are_read_from_the_event() {
-        assert_eq!(attachments_of(br#"{"event":{"text":"x"}}"#), None);
-        assert_eq!(
-            attachments_of(br#"{"event":{"attachments":[{"id":"a"}]}}"#),
-            Some(true)
-        );
-        assert_eq!(
-            attachments_of(br#"{"event":{"attachments":[]}}"#),
-            Some(false)
-        );
-    }
 }

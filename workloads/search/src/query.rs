@@ -659,14 +659,6 @@ pub fn suggest(
 
 /// A stored message as the rebuild indexes it.
 pub fn message_doc_of(m: &Message) -> MessageDoc {
-    let has_attachment = serde_json::to_value(m)
-        .ok()
-        .and_then(|v| {
-            v.get("attachments")
-                .and_then(|a| a.as_array())
-                .map(|a| !a.is_empty())
-        })
-        .unwrap_or(false);
     MessageDoc {
         tenant: m.tenant_id.to_string(),
         conversation_id: m.conversation_id.to_string(),
@@ -678,7 +670,7 @@ pub fn message_doc_of(m: &Message) -> MessageDoc {
             .edited_at
             .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64),
         parent_id: m.parent_id.map(|p| p.to_string()),
-        has_attachment,
+        has_attachment: !m.attachments.is_empty(),
         position: m.position,
     }
 }

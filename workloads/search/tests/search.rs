@@ -293,6 +293,7 @@ fn created(id: MessageId, sender: &str, text: &str, ms: i64) -> ConversationEven
         parent_id: None,
         client_msg_id: None,
         forwarded_from: None,
+        attachments: Vec::new(),
         created_at: at(ms),
     })
 }
@@ -324,27 +325,22 @@ async fn send(w: &World, t: &str, c: &str, sender: &str, text: &str, ms: i64) ->
     id
 }
 
-/// A message with an attachment: the media workload's `attachments` field in the event.
+/// A message carrying a file.
 async fn send_with_attachment(w: &World, t: &str, c: &str, sender: &str, text: &str) -> MessageId {
     let id = MessageId::generate();
-    let mut event = serde_json::to_value(created(id, sender, text, 5_000)).unwrap();
-    event["attachments"] = serde_json::json!([{"id": "att-1", "content_type": "image/png"}]);
-    let env = Envelope {
-        v: SCHEMA_VERSION,
-        id: uuid::Uuid::now_v7(),
-        tenant_id: tid(t),
-        key: c.to_string(),
-        correlation_id: "test".into(),
-        occurred_at: OffsetDateTime::now_utc(),
-        event,
-    };
-    env.publish(
-        w.bus.as_ref(),
-        topics::CONVERSATION_EVENTS,
-        "message.created",
-    )
-    .await
-    .unwrap();
+    let mut event = created(id, sender, text, 5_000);
+    if let ConversationEvent::MessageCreated(m) = &mut event {
+        m.attachments.push(caas_domain::model::Attachment {
+            id: "att-1".into(),
+            name: "menu.png".into(),
+            content_type: "image/png".into(),
+            size: 1234,
+            width: Some(10),
+            height: Some(10),
+            has_thumbnail: true,
+        });
+    }
+    publish(&w.bus, t, c, event).await;
     id
 }
 

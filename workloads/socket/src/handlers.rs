@@ -531,11 +531,14 @@ where
 #[serde(deny_unknown_fields)]
 struct SendReq {
     conversation_id: ConversationId,
+    #[serde(default)]
     text: String,
     #[serde(default)]
     client_msg_id: Option<String>,
     #[serde(default)]
     parent_id: Option<MessageId>,
+    #[serde(default)]
+    attachments: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -590,6 +593,7 @@ fn events<A: Adapter>(rt: &Arc<Rt<A>>, s: &SocketRef<A>) {
                 text: req.text,
                 client_msg_id: req.client_msg_id,
                 parent_id: req.parent_id,
+                attachments: req.attachments,
             },
         )
         .await?;

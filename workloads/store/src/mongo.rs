@@ -39,8 +39,8 @@ use caas_domain::event::{
     ConversationEvent, MessageCreated, MessageDeleted, MessageUpdated, ReactionChanged,
 };
 use caas_domain::model::{
-    AppCredential, AuditEntry, Conversation, ConversationKind, ForwardedFrom, Member, Message,
-    MessagePreview, Position, Quotas, Role, Tenant, TenantStatus, User,
+    AppCredential, Attachment, AuditEntry, Conversation, ConversationKind, ForwardedFrom, Member,
+    Message, MessagePreview, Position, Quotas, Role, Tenant, TenantStatus, User,
 };
 use caas_domain::{ConversationId, MessageId, TenantId, UserId};
 use futures::TryStreamExt;
@@ -873,6 +873,13 @@ impl R<'_> {
     fn opt_time(&self, k: &str) -> Result<Option<OffsetDateTime>> {
         Ok(self.opt_millis(k)?.map(from_millis))
     }
+    fn opt_bool(&self, k: &str) -> Result<Option<bool>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(Bson::Boolean(b)) => Ok(Some(*b)),
+            Some(_) => Err(Self::bad(k, "is not a boolean")),
+        }
+    }
     fn opt_doc(&self, k: &str) -> Result<Option<&Document>> {
         match self.get(k) {
             None => Ok(None),
@@ -1148,6 +1155,7 @@ fn message_doc(ev: &LogEvent, m: &MessageCreated) -> Document {
         "reactions": [],
         "client_msg_id": opt_str(m.client_msg_id.as_ref()),
         "forwarded_from": forwarded,
+        "attachments": attachments_bson(&m.attachments),
         "created_at": date(m.created_at),
         "edited_at": Bson::Null,
         "deleted_at": Bson::Null,
@@ -1155,6 +1163,58 @@ fn message_doc(ev: &LogEvent, m: &MessageCreated) -> Document {
         "applied_offset": ev.offset,
         "deleted_offset": NOT_DELETED,
     }
+}
+
+fn attachments_bson(attachments: &[Attachment]) -> Bson {
+    Bson::Array(
+        attachments
+            .iter()
+            .map(|a| {
+                Bson::Document(doc! {
+                    "id": &a.id,
+                    "name": &a.name,
+                    "content_type": &a.content_type,
+                    // Sizes fit i64 (files are far below 8 EiB).
+                    "size": i64::try_from(a.size).unwrap_or(i64::MAX),
+                    "width": a.width.map_or(Bson::Null, |w| Bson::Int64(w.into())),
+                    "height": a.height.map_or(Bson::Null, |h| Bson::Int64(h.into())),
+                    "has_thumbnail": a.has_thumbnail,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn read_attachments(r: &R<'_>) -> Result<Vec<Attachment>> {
+    let Some(value) = r.get("attachments") else {
+        return Ok(Vec::new());
+    };
+    let Bson::Array(items) = value else {
+        return Err(R::bad("attachments", "is not an array"));
+    };
+    let dimension = |a: &R<'_>, k: &str| -> Result<Option<u32>> {
+        a.opt_i64(k)?
+            .map(|n| u32::try_from(n).map_err(|_| R::bad(k, "is out of range")))
+            .transpose()
+    };
+    items
+        .iter()
+        .map(|item| {
+            let Bson::Document(d) = item else {
+                return Err(R::bad("attachments", "holds a non-document"));
+            };
+            let a = R(d);
+            Ok(Attachment {
+                id: a.str("id")?.to_string(),
+                name: a.str("name")?.to_string(),
+                content_type: a.str("content_type")?.to_string(),
+                size: u64::try_from(a.i64("size")?).map_err(|_| R::bad("size", "is negative"))?,
+                width: dimension(&a, "width")?,
+                height: dimension(&a, "height")?,
+                has_thumbnail: a.opt_bool("has_thumbnail")?.unwrap_or(false),
+            })
+        })
+        .collect()
 }
 
 fn message_from(d: &Document) -> Result<Message> {
@@ -1200,6 +1260,7 @@ fn message_from(d: &Document) -> Result<Message> {
         reactions,
         client_msg_id: r.opt_str("client_msg_id")?.map(str::to_string),
         forwarded_from,
+        attachments: read_attachments(&r)?,
         created_at: r.time("created_at")?,
         edited_at: r.opt_time("edited_at")?,
         deleted_at: r.opt_time("deleted_at")?,

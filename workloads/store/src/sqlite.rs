@@ -338,27 +338,7 @@ fn apply_one(c: &Connection, ev: &LogEvent) -> Result<Outcome> {
             let Some(mut conv) = load_conversation(c, t, conv_id)? else {
                 return Ok(Outcome::Skipped);
             };
-            let msg = Message {
-                tenant_id: ev.tenant_id.clone(),
-                conversation_id: ev.conversation_id.clone(),
-                id: m.message_id,
-                position: ev.offset,
-                sender_id: m.sender_id.clone(),
-                text: m.text.clone(),
-                html: m.html.clone(),
-                mentions: m.mentions.clone(),
-                links: m.links.clone(),
-                hashtags: m.hashtags.clone(),
-                parent_id: m.parent_id,
-                reply_count: 0,
-                reactions: BTreeMap::new(),
-                client_msg_id: m.client_msg_id.clone(),
-                forwarded_from: m.forwarded_from.clone(),
-                created_at: m.created_at,
-                edited_at: None,
-                deleted_at: None,
-                deleted_by: None,
-            };
+            let msg = m.to_message(&ev.tenant_id, &ev.conversation_id, ev.offset);
             let inserted = c
                 .prepare_cached(
                     "INSERT OR IGNORE INTO messages

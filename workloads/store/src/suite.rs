@@ -20,8 +20,8 @@ use caas_domain::event::{
     ReactionChanged, ReadUpdated,
 };
 use caas_domain::model::{
-    AppCredential, AuditEntry, Conversation, ConversationKind, ForwardedFrom, Member, Message,
-    Position, Quotas, Role, Tenant, TenantStatus, User,
+    AppCredential, Attachment, AuditEntry, Conversation, ConversationKind, ForwardedFrom, Member,
+    Message, Position, Quotas, Role, Tenant, TenantStatus, User,
 };
 use caas_domain::{ConversationId, MessageId, TenantId, UserId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -162,6 +162,20 @@ fn creation(id: MessageId, sender: &str, text: &str, offset: i64) -> MessageCrea
         parent_id: None,
         client_msg_id: None,
         forwarded_from: None,
+        // Every other message carries a file, so both adapters round-trip attachments.
+        attachments: if offset % 2 == 0 {
+            vec![Attachment {
+                id: format!("m{offset:06}"),
+                name: "photo.png".into(),
+                content_type: "image/png".into(),
+                size: 5_000_000_000 + offset as u64,
+                width: Some(640),
+                height: Some(480),
+                has_thumbnail: true,
+            }]
+        } else {
+            Vec::new()
+        },
         created_at: at(1_000 + offset),
     }
 }
@@ -320,27 +334,7 @@ fn expected_message(ev: &LogEvent) -> Message {
     let ConversationEvent::MessageCreated(m) = &ev.event else {
         panic!("not a message.created event");
     };
-    Message {
-        tenant_id: ev.tenant_id.clone(),
-        conversation_id: ev.conversation_id.clone(),
-        id: m.message_id,
-        position: ev.offset,
-        sender_id: m.sender_id.clone(),
-        text: m.text.clone(),
-        html: m.html.clone(),
-        mentions: m.mentions.clone(),
-        links: m.links.clone(),
-        hashtags: m.hashtags.clone(),
-        parent_id: m.parent_id,
-        reply_count: 0,
-        reactions: BTreeMap::new(),
-        client_msg_id: m.client_msg_id.clone(),
-        forwarded_from: m.forwarded_from.clone(),
-        created_at: m.created_at,
-        edited_at: None,
-        deleted_at: None,
-        deleted_by: None,
-    }
+    m.to_message(&ev.tenant_id, &ev.conversation_id, ev.offset)
 }
 
 type Snapshot = (Conversation, Vec<Member>, Vec<Message>);

@@ -145,6 +145,7 @@ async fn replay_finishes_a_batch_that_crashed_half_way() {
                 parent_id: None,
                 client_msg_id: None,
                 forwarded_from: None,
+                attachments: Vec::new(),
                 created_at: now,
             }),
         )

@@ -215,6 +215,7 @@ async fn fill(
                         parent_id: None,
                         client_msg_id: None,
                         forwarded_from: None,
+                        attachments: Vec::new(),
                         created_at: OffsetDateTime::now_utc(),
                     }),
                 };

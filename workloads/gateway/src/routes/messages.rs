@@ -33,6 +33,7 @@ pub(crate) async fn send_message(
             text: req.text,
             client_msg_id: req.client_msg_id,
             parent_id: req.parent_id,
+            attachments: req.attachments,
         },
     )
     .await?;
@@ -166,16 +167,19 @@ pub(crate) async fn forward_message(
         message_id: mid,
         sender_id: msg.sender_id.clone(),
     };
-    let done = write::accept(
-        &s,
-        &caller,
-        &target,
-        msg.text,
-        req.client_msg_id,
-        None,
-        Some(from),
-    )
-    .await?;
+    if msg.text.trim().is_empty() && !msg.attachments.is_empty() {
+        // Files belong to the conversation they were uploaded to; copying them is not built.
+        return Err(ApiError::new(
+            ErrorCode::InvalidAttachment,
+            "this message has only files, and files cannot be forwarded; upload them to the other conversation",
+        ));
+    }
+    let new = NewMessage {
+        text: msg.text,
+        client_msg_id: req.client_msg_id,
+        ..NewMessage::default()
+    };
+    let done = write::accept(&s, &caller, &target, new, Some(from)).await?;
     Ok((StatusCode::CREATED, Json(done)))
 }
 

@@ -89,6 +89,7 @@ pub fn created(id: MessageId, sender: &str, text: &str, mentions: &[&str]) -> Co
         parent_id: None,
         client_msg_id: None,
         forwarded_from: None,
+        attachments: Vec::new(),
         created_at: OffsetDateTime::now_utc(),
     })
 }

@@ -95,6 +95,7 @@ mod bytes_free {
                 parent_id: None,
                 client_msg_id: None,
                 forwarded_from: None,
+                attachments: Vec::new(),
                 created_at,
             }),
         };
