@@ -39,6 +39,24 @@ export async function rest(method, path, token, body, want) {
   return r.body;
 }
 
+/** Uploads a file to a conversation through the media API; resolves with `{status, body}`. */
+export async function upload(token, conversation, name, contentType, bytes) {
+  const r = await fetch(`${API}/v1/media/conversations/${encodeURIComponent(conversation)}/files?name=${encodeURIComponent(name)}`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": contentType },
+    body: bytes,
+  });
+  const text = await r.text();
+  return { status: r.status, body: text ? JSON.parse(text) : null };
+}
+
+/** Uploads a file and resolves with its metadata (fails unless 201). */
+export async function uploaded(token, conversation, name, contentType, bytes) {
+  const r = await upload(token, conversation, name, contentType, bytes);
+  if (r.status !== 201) throw new Error(`upload ${name}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
 export async function admin(method, path, body, want) {
   const r = await call(ADMIN, method, path, ADMIN_TOKEN, body);
   if (want !== undefined && r.status !== want) {

@@ -5,8 +5,9 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  admin, closeAll, connect, conversation, emit, received, refused, rest, sleep, tenant, uid, waitFor,
+  admin, closeAll, connect, conversation, emit, received, refused, rest, sleep, tenant, uid, uploaded, waitFor,
 } from "./lib.mjs";
+import { png } from "./png.mjs";
 
 after(closeAll);
 
@@ -107,7 +108,8 @@ test("bad client events get coded acks, never a crash", async () => {
   const s = await connect(ann);
   const cases = [
     [{}, "invalid_argument"],
-    [{ conversation_id: group }, "invalid_argument"],
+    // A missing text is an empty one (a message may carry only files).
+    [{ conversation_id: group }, "text_empty"],
     [{ conversation_id: group, text: "" }, "text_empty"],
     [{ conversation_id: group, text: "x".repeat(4001) }, "text_too_long"],
     [{ conversation_id: group, text: "x", extra: 1 }, "invalid_argument"],
@@ -125,6 +127,89 @@ test("bad client events get coded acks, never a crash", async () => {
   const ok = await emit(s, "message.send", { conversation_id: group, text: "still here" });
   assert.equal(ok.ok, true);
   s.close();
+});
+
+test("files ride on messages: sent over the socket and REST, fanned out, refused with invalid_attachment", async () => {
+  const { ann, bob, group, channel } = await setup();
+  const sa = await connect(ann);
+  const sb = await connect(bob);
+  const picture = await uploaded(ann, group, "dot.png", "image/png", png(24, 16));
+  const notes = await uploaded(ann, group, "notes.txt", "text/plain", Buffer.from("notes\n"));
+  assert.ok(picture.thumbnail, JSON.stringify(picture));
+  const expect = (a, file) => {
+    assert.equal(a.id, file.id);
+    assert.equal(a.name, file.name);
+    assert.equal(a.content_type, file.content_type);
+    assert.equal(a.size, file.size);
+    assert.equal(a.width, file.width);
+    assert.equal(a.height, file.height);
+    assert.equal(a.has_thumbnail, Boolean(file.thumbnail));
+  };
+
+  // Over the socket, with text: the ack's message and bob's message.created carry both files.
+  const ack = await emit(sa, "message.send", { conversation_id: group, text: "two files", attachments: [picture.id, notes.id] });
+  assert.equal(ack.ok, true, JSON.stringify(ack));
+  assert.equal(ack.message.attachments.length, 2);
+  expect(ack.message.attachments[0], picture);
+  expect(ack.message.attachments[1], notes);
+  const got = await waitFor("bob's copy", () => received(sb, "message.created", (m) => m.message_id === ack.message_id)[0]);
+  assert.deepEqual(got.attachments, ack.message.attachments);
+  assert.equal(got.attachments[0].width, 24);
+  assert.equal(got.attachments[0].height, 16);
+
+  // Files only (empty text) over the socket; empty text without files stays text_empty.
+  const only = await uploaded(ann, group, "only.png", "image/png", png(4, 4));
+  const filesOnly = await emit(sa, "message.send", { conversation_id: group, text: "", attachments: [only.id] });
+  assert.equal(filesOnly.ok, true, JSON.stringify(filesOnly));
+  const gotOnly = await waitFor("files only", () => received(sb, "message.created", (m) => m.message_id === filesOnly.message_id)[0]);
+  assert.equal(gotOnly.text, "");
+  expect(gotOnly.attachments[0], only);
+  // Stored (not only fanned out): the list has both, with their files.
+  const list = await rest("GET", `/v1/conversations/${group}/messages`, bob, undefined, 200);
+  assert.deepEqual(list.messages.find((m) => m.id === ack.message_id)?.attachments, ack.message.attachments);
+  assert.deepEqual(list.messages.find((m) => m.id === filesOnly.message_id)?.attachments, gotOnly.attachments);
+  const empty = await emit(sa, "message.send", { conversation_id: group, text: "", attachments: [] });
+  assert.equal(empty.error?.code, "text_empty", JSON.stringify(empty));
+
+  // Sent over REST, the socket event carries them too.
+  const third = await uploaded(ann, group, "third.png", "image/png", png(8, 8));
+  const sent = await rest("POST", `/v1/conversations/${group}/messages`, ann, { text: "", attachments: [third.id] }, 201);
+  const viaRest = await waitFor("REST message over the socket", () => received(sb, "message.created", (m) => m.message_id === sent.message.id)[0]);
+  expect(viaRest.attachments[0], third);
+
+  // Refusals, one code: bob's file, a file of another conversation, another tenant's, a deleted
+  // one, the same twice, eleven, garbage.
+  const bobs = await uploaded(bob, group, "bob.txt", "text/plain", Buffer.from("bob\n"));
+  const elsewhere = await uploaded(ann, channel, "c.txt", "text/plain", Buffer.from("channel\n"));
+  const other = await tenant();
+  const otherAnn = await other.token("ann");
+  const otherConv = await conversation(otherAnn, "group", [], "o");
+  const foreign = await uploaded(otherAnn, otherConv, "o.txt", "text/plain", Buffer.from("other\n"));
+  const gone = await uploaded(ann, group, "gone.txt", "text/plain", Buffer.from("gone\n"));
+  await rest("DELETE", `/v1/media/files/${gone.id}`, ann, undefined, 204);
+  const many = [];
+  for (let i = 0; i < 11; i++) many.push((await uploaded(ann, group, `f${i}.txt`, "text/plain", Buffer.from(`f${i}\n`))).id);
+  const refusals = [
+    ["another user's file", [bobs.id]],
+    ["another conversation's file", [elsewhere.id]],
+    ["another tenant's file", [foreign.id]],
+    ["a deleted file", [gone.id]],
+    ["the same file twice", [picture.id, picture.id]],
+    ["eleven files", many],
+    ["garbage", ["nope"]],
+  ];
+  for (const [what, ids] of refusals) {
+    const r = await emit(sa, "message.send", { conversation_id: group, text: "x", attachments: ids });
+    assert.equal(r.ok, false, what);
+    assert.equal(r.error.code, "invalid_attachment", `${what}: ${JSON.stringify(r)}`);
+    const overRest = await rest("POST", `/v1/conversations/${group}/messages`, ann, { text: "", attachments: ids }, 400);
+    assert.equal(overRest.error.code, "invalid_attachment", `${what} over REST`);
+  }
+  const bad = await emit(sa, "message.send", { conversation_id: group, text: "x", attachments: "nope" });
+  assert.equal(bad.error.code, "invalid_argument");
+  assert.equal((await emit(sa, "message.send", { conversation_id: group, text: "ten", attachments: many.slice(0, 10) })).ok, true);
+  sa.close();
+  sb.close();
 });
 
 test("edit, delete and reactions fan out; REST-originated messages arrive like socket ones", async () => {

@@ -1,8 +1,9 @@
 //! The distributed deployment shape through real processes and real servers: two `caas gateway`
-//! processes and one `caas pipeline` process sharing MongoDB, Kafka and Redis. A message sent
-//! through gateway A is listed through gateway B (read-your-writes across pods), a per-user
-//! rate limit holds across both gateways together, a retried send through the other gateway is
-//! one message, and a suspension made through one gateway reaches the other.
+//! processes, one `caas pipeline` and one `caas media` process sharing MongoDB, Kafka and Redis.
+//! A message sent through gateway A is listed through gateway B (read-your-writes across pods),
+//! a file uploaded through `caas media` travels with its message through Kafka into MongoDB, a
+//! per-user rate limit holds across both gateways together, a retried send through the other
+//! gateway is one message, and a suspension made through one gateway reaches the other.
 //!
 //! Needs `CAAS_TEST_MONGODB_URI`, `CAAS_TEST_KAFKA_BROKERS` and `CAAS_TEST_REDIS_URL`;
 //! `scripts/test.sh` starts the servers and sets them. Without them the test fails (it does not
@@ -64,8 +65,33 @@ async fn two_gateways_and_a_pipeline_share_mongodb_kafka_and_redis() {
             &env
         ),
     );
+    // The media API on its own (local directory for the bytes, metadata in MongoDB, which the
+    // gateways read to check the files a message carries).
+    let media_extra = format!(
+        "media:\n  backend:\n    kind: local\n    dir: \"{}\"\n",
+        dir.path().join("media").display()
+    );
+    let media_env = [
+        ("CAAS_STORE__URI", mongo.as_str()),
+        ("CAAS_REDIS__URL", redis.as_str()),
+        (
+            "CAAS_MEDIA__SIGNING_KEY",
+            "a-distributed-test-signing-key-of-32-bytes",
+        ),
+    ];
+    let media = start(
+        "media",
+        "media",
+        dir.path(),
+        &run,
+        &brokers,
+        &media_extra,
+        &media_env,
+    )
+    .await;
     let a = Http::new(&gw_a.api, &gw_a.internal, &admin_token);
     let b = Http::new(&gw_b.api, &gw_b.internal, &admin_token);
+    let files = Http::new(&media.api, &media.internal, &admin_token);
 
     // A tenant made through A is known to B (one store).
     let tenant = unique("dist-");
@@ -132,6 +158,57 @@ async fn two_gateways_and_a_pipeline_share_mongodb_kafka_and_redis() {
         "hello from A",
         "get through B"
     );
+
+    // ---- A file uploaded through caas media, sent through A, listed through B ----------------
+    let file = files
+        .upload(&alice, g, "chart.png", "image/png", common::png(40, 30))
+        .await
+        .expect(201, "upload through caas media")
+        .clone();
+    let file_id = file["id"].as_str().expect("media id");
+    let sent = a
+        .send_files(&alice, g, "the chart", &[file_id])
+        .await
+        .expect(201, "send with a file through A")
+        .clone();
+    let listed = b.list_all(&bob, g).await;
+    let got = listed
+        .iter()
+        .find(|x| x["id"] == sent["message"]["id"])
+        .unwrap_or_else(|| panic!("the message with a file is listed through B: {listed:?}"));
+    let attachments = got["attachments"].as_array().expect("attachments");
+    assert_eq!(attachments.len(), 1, "{got}");
+    assert_eq!(attachments[0], sent["message"]["attachments"][0], "{got}");
+    assert_eq!(
+        (
+            &attachments[0]["id"],
+            &attachments[0]["name"],
+            &attachments[0]["content_type"],
+            &attachments[0]["size"],
+            &attachments[0]["width"],
+            &attachments[0]["height"],
+            &attachments[0]["has_thumbnail"],
+        ),
+        (
+            &file["id"],
+            &file["name"],
+            &json!("image/png"),
+            &file["size"],
+            &json!(40),
+            &json!(30),
+            &json!(true),
+        ),
+        "{got}"
+    );
+    // Bob's file cannot ride on Alice's message, through either gateway.
+    let bobs = files
+        .upload_id(&bob, g, "bob.txt", "text/plain", b"bob's notes\n".to_vec())
+        .await;
+    for (name, via) in [("A", &a), ("B", &b)] {
+        via.send_files(&alice, g, "not mine", &[bobs.as_str()])
+            .await
+            .expect_error(400, "invalid_attachment", &format!("through {name}"));
+    }
 
     // ---- One per-user limit across both gateways -------------------------------------------
     // 10 per minute lets a burst of 10 through, then one every 6 s: the 10 sends must finish
@@ -236,7 +313,7 @@ async fn two_gateways_and_a_pipeline_share_mongodb_kafka_and_redis() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    for p in [&pipeline, &gw_a, &gw_b] {
+    for p in [&pipeline, &gw_a, &gw_b, &media] {
         p.assert_no_panics();
     }
 }

@@ -1,7 +1,8 @@
 //! The realtime protocol driven by the official Socket.IO client (Node, `tests/js/`) against a
 //! real `caas standalone` process: handshake refusals and their codes, send/ack, de-duplication,
 //! edit/delete/react fan-out, typing, read markers, presence, channel join/leave, tenant and
-//! membership isolation, REST-originated messages over the socket, and recovery after forced
+//! membership isolation, REST-originated messages over the socket, files attached to messages
+//! (sent, fanned out, refused), and recovery after forced
 //! disconnects while messages keep flowing (from the replay window and from the log: the
 //! window is made small here so both paths run).
 //!
@@ -105,6 +106,7 @@ async fn socket_io_protocol_with_the_official_client() {
         "caas_socket_ack_seconds_bucket{event=\"message.send\"",
         "caas_socket_fanout_lag_seconds_count",
         "caas_socket_errors_total{code=\"text_empty\"}",
+        "caas_socket_errors_total{code=\"invalid_attachment\"}",
         "caas_socket_refused_connections_total{code=\"quota_exceeded\"}",
         "caas_socket_refused_connections_total{code=\"token_invalid\"}",
         "caas_socket_replayed_events_total",

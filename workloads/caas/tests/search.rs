@@ -1,7 +1,9 @@
 //! Search through the real `caas standalone` process: a message sent over REST becomes
 //! searchable; an edit replaces it; another tenant's user with the same id sees nothing; a
 //! member removed from the conversation loses its messages at the next search; after `kill -9`
-//! and a restart the index still has every message once.
+//! and a restart the index still has every message once. Messages sent with files (uploaded
+//! through `/v1/media`) are found with `has_attachment=true`, after an edit and after a rebuild
+//! from the store too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -96,5 +98,99 @@ async fn search_in_standalone_follows_sends_edits_membership_and_crashes() {
     http.send(&ann, "room", "after the restart, a wombat again")
         .await;
     until_total(&http, &ann, "wombat", 2).await;
+    sa.proc.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn has_attachment_finds_messages_sent_with_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let sa = Standalone::start(dir.path(), &[]).await;
+    let http = sa.http.clone();
+    let acme = http.create_tenant("search-files").await;
+    let ann = http.token(&acme, "ann").await;
+    let bob = http.token(&acme, "bob").await;
+    http.create_group(&ann, "room", &["bob"]).await;
+    let picture = http
+        .upload_id(&ann, "room", "kiwi.png", "image/png", common::png(32, 32))
+        .await;
+    let doc = http
+        .upload_id(&ann, "room", "kiwi.txt", "text/plain", b"a kiwi\n".to_vec())
+        .await;
+    let with = http
+        .send_files(&ann, "room", "a kiwi in the picture", &[&picture])
+        .await
+        .expect(201, "send with a file")["message"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let files_only = http
+        .send_files(&ann, "room", "", &[&doc])
+        .await
+        .expect(201, "files only")["message"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    http.send(&ann, "room", "a kiwi without a picture").await;
+
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        let mut out: Vec<String> = v["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["message"]["id"].as_str().unwrap().to_string())
+            .collect();
+        out.sort();
+        out
+    };
+    let mut both = vec![with.clone(), files_only.clone()];
+    both.sort();
+    let check = |what: &'static str| {
+        let (http, bob, with, both) = (&http, &bob, &with, &both);
+        async move {
+            until_total(http, bob, "kiwi", 2).await;
+            let r = http
+                .get("/v1/search/messages?q=kiwi&has_attachment=true", bob)
+                .await;
+            let b = r.expect(200, what).clone();
+            assert_eq!(ids(&b), vec![with.clone()], "{what}: {b}");
+            assert_eq!(b["hits"][0]["message"]["has_attachment"], true, "{what}");
+            let r = http
+                .get("/v1/search/messages?q=kiwi&has_attachment=false", bob)
+                .await;
+            let b = r.expect(200, what).clone();
+            assert_eq!(b["total"], 1, "{what}: {b}");
+            assert_eq!(b["hits"][0]["message"]["has_attachment"], false, "{what}");
+            // A filter alone (no words) finds the files-only message too.
+            let r = http
+                .get("/v1/search/messages?has_attachment=true&sort=time", bob)
+                .await;
+            let b = r.expect(200, what).clone();
+            assert_eq!(ids(&b), *both, "{what}: {b}");
+        }
+    };
+    check("after the sends").await;
+
+    // An edit changes the text; the files stay, and so does the filter.
+    http.patch(
+        &format!("/v1/conversations/room/messages/{with}"),
+        &ann,
+        json!({"text": "a kiwi and a photo"}),
+    )
+    .await
+    .expect(200, "edit");
+    until_total(&http, &bob, "photo", 1).await;
+    check("after the edit").await;
+
+    // A rebuild reads the stored messages, which keep their files.
+    let r = http.admin("POST", "/admin/v1/search/rebuild", None).await;
+    r.expect(202, "start a rebuild");
+    wait_for("the rebuild to finish", Duration::from_secs(60), || async {
+        let r = http.admin("GET", "/admin/v1/search/rebuild", None).await;
+        let state = r.expect(200, "rebuild status")["state"].clone();
+        assert_ne!(state, "failed", "{}", r.body);
+        (state == "done").then_some(())
+    })
+    .await;
+    check("after a rebuild").await;
     sa.proc.assert_no_panics();
 }

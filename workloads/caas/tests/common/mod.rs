@@ -567,6 +567,64 @@ impl Http {
         r.expect(201, "send message").clone()
     }
 
+    /// Uploads a file to a conversation through the media API (`POST
+    /// /v1/media/conversations/{conv}/files?name=`), the body as is.
+    pub async fn upload(
+        &self,
+        token: &str,
+        conv: &str,
+        name: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Resp {
+        let resp = self
+            .client
+            .post(format!(
+                "{}/v1/media/conversations/{conv}/files?name={name}",
+                self.api
+            ))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("upload {name} to {conv}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("upload answer");
+        Resp {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            headers,
+        }
+    }
+
+    /// Uploads a file and returns its media id (asserts `201`).
+    pub async fn upload_id(
+        &self,
+        token: &str,
+        conv: &str,
+        name: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> String {
+        let r = self.upload(token, conv, name, content_type, body).await;
+        r.expect(201, &format!("upload {name} to {conv}"))["id"]
+            .as_str()
+            .expect("media id")
+            .to_string()
+    }
+
+    /// Sends a message with attachments (media ids); the answer as it came.
+    pub async fn send_files(&self, token: &str, conv: &str, text: &str, ids: &[&str]) -> Resp {
+        self.post(
+            &format!("/v1/conversations/{conv}/messages"),
+            token,
+            json!({ "text": text, "attachments": ids }),
+        )
+        .await
+    }
+
     /// Every top-level message of a conversation, paging forward from the start.
     pub async fn list_all(&self, token: &str, conv: &str) -> Vec<Value> {
         let mut out = Vec::new();
@@ -601,6 +659,21 @@ impl Http {
         }
         out
     }
+}
+
+/// A PNG of `width` x `height` pixels (a colour gradient), for uploads.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([
+            (x * 255 / width.max(1)) as u8,
+            (y * 255 / height.max(1)) as u8,
+            160,
+        ])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode PNG");
+    out.into_inner()
 }
 
 /// Asserts positions strictly increase and ids are unique; returns id -> position.
