@@ -329,13 +329,102 @@ fn bump_member_count(c: &Connection, t: &str, conv: &str, delta: i64) -> Result<
     save_conversation(c, &doc)
 }
 
-/// Applies one event inside the batch transaction. Returns whether it had an effect.
-fn apply_one(c: &Connection, ev: &LogEvent) -> Result<Outcome> {
+/// What the new messages of a batch do to their conversations, gathered and written once per
+/// conversation ([`Pending::flush`]): the last-message preview and the members' unread counts.
+/// A batch of a thousand messages in one conversation rewrites its document and its members'
+/// rows once, not a thousand times.
+#[derive(Default)]
+struct Pending {
+    conversations: HashMap<(String, String), PendingConversation>,
+}
+
+struct PendingConversation {
+    /// `None`: the conversation does not exist (its messages are skipped).
+    conversation: Option<Conversation>,
+    preview_changed: bool,
+    /// (sender, position) of each top-level message created in this batch, not yet counted.
+    unread: Vec<(UserId, Position)>,
+}
+
+impl Pending {
+    fn conversation<'a>(
+        &'a mut self,
+        c: &Connection,
+        t: &str,
+        id: &str,
+    ) -> Result<&'a mut PendingConversation> {
+        let key = (t.to_string(), id.to_string());
+        if !self.conversations.contains_key(&key) {
+            let conversation = load_conversation(c, t, id)?;
+            self.conversations.insert(
+                key.clone(),
+                PendingConversation {
+                    conversation,
+                    preview_changed: false,
+                    unread: Vec::new(),
+                },
+            );
+        }
+        self.conversations
+            .get_mut(&key)
+            .ok_or_else(|| internal("pending conversation vanished"))
+    }
+
+    /// Writes what was gathered and forgets it (the next event reads the store afresh).
+    fn flush(&mut self, c: &Connection) -> Result<()> {
+        for ((t, id), p) in self.conversations.drain() {
+            let Some(conv) = p.conversation else { continue };
+            if p.preview_changed {
+                save_conversation(c, &conv)?;
+            }
+            if p.unread.is_empty() {
+                continue;
+            }
+            // Each member gains one unread message per new message by someone else that is
+            // after their read marker.
+            let members: Vec<(String, i64)> = c
+                .prepare_cached(
+                    "SELECT user_id, last_read FROM members WHERE tenant_id = ?1 AND conversation_id = ?2",
+                )
+                .map_err(sql)?
+                .query_map(params![t, id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(sql)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(sql)?;
+            let mut bump = c
+                .prepare_cached(
+                    "UPDATE members SET unread = unread + ?4
+                     WHERE tenant_id = ?1 AND conversation_id = ?2 AND user_id = ?3",
+                )
+                .map_err(sql)?;
+            for (user, last_read) in members {
+                let n = p
+                    .unread
+                    .iter()
+                    .filter(|(sender, position)| sender.as_str() != user && last_read < *position)
+                    .count();
+                if n > 0 {
+                    bump.execute(params![t, id, user, n as i64]).map_err(sql)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Applies one event inside the batch transaction. Returns whether it had an effect. New
+/// messages update their conversation through `pending`; every other event first has what is
+/// pending written, so it reads and changes the store as if events were applied one by one.
+fn apply_one(c: &Connection, pending: &mut Pending, ev: &LogEvent) -> Result<Outcome> {
     let t = ev.tenant_id.as_str();
     let conv_id = ev.conversation_id.as_str();
+    if !matches!(ev.event, ConversationEvent::MessageCreated(_)) {
+        pending.flush(c)?;
+    }
     match &ev.event {
         ConversationEvent::MessageCreated(m) => {
-            let Some(mut conv) = load_conversation(c, t, conv_id)? else {
+            let p = pending.conversation(c, t, conv_id)?;
+            let Some(conv) = p.conversation.as_mut() else {
                 return Ok(Outcome::Skipped);
             };
             let msg = m.to_message(&ev.tenant_id, &ev.conversation_id, ev.offset);
@@ -372,15 +461,9 @@ fn apply_one(c: &Connection, ev: &LogEvent) -> Result<Outcome> {
                 .is_none_or(|l| l.position < msg.position)
             {
                 conv.last_message = Some(msg.preview());
-                save_conversation(c, &conv)?;
+                p.preview_changed = true;
             }
-            c.prepare_cached(
-                "UPDATE members SET unread = unread + 1
-                 WHERE tenant_id = ?1 AND conversation_id = ?2 AND user_id <> ?3 AND last_read < ?4",
-            )
-            .map_err(sql)?
-            .execute(params![t, conv_id, msg.sender_id.as_str(), msg.position])
-            .map_err(sql)?;
+            p.unread.push((msg.sender_id, msg.position));
             Ok(Outcome::Applied)
         }
         ConversationEvent::MessageUpdated(u) => {
@@ -1174,13 +1257,14 @@ impl Store for SqliteStore {
             }
             let mut report = ApplyReport::default();
             let mut touched: HashMap<i32, i64> = HashMap::new();
+            let mut pending = Pending::default();
             for ev in &events {
                 let next = progress.get(&ev.partition).copied().unwrap_or(0);
                 if ev.offset < next {
                     report.duplicates += 1;
                     continue;
                 }
-                match apply_one(&tx, ev)? {
+                match apply_one(&tx, &mut pending, ev)? {
                     Outcome::Applied => report.applied += 1,
                     Outcome::Duplicate => report.duplicates += 1,
                     Outcome::Skipped => report.skipped += 1,
@@ -1188,6 +1272,7 @@ impl Store for SqliteStore {
                 progress.insert(ev.partition, ev.offset + 1);
                 touched.insert(ev.partition, ev.offset + 1);
             }
+            pending.flush(&tx)?;
             {
                 let mut st = tx
                     .prepare_cached(
