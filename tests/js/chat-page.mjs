@@ -1,8 +1,10 @@
 // The try-out chat page of `caas standalone` in headless Chromium (Debian's `chromium`, driven
 // by playwright-core): two pages as ann and bob chat in #general; the test checks history over
 // REST, presence both ways, the typing indicator, live messages both ways, that text is shown
-// as text, a live unread count, and a reconnect with the stored cursor that brings exactly the
-// message sent meanwhile. Screenshots go to tests/artifacts/.
+// as text, a live unread count, a reconnect with the stored cursor that brings exactly the
+// message sent meanwhile, and files: ann attaches a PNG (bob sees its thumbnail, and its signed
+// link works without a token) and sends a text file alone (bob gets a download link).
+// Screenshots go to tests/artifacts/.
 //
 // Usage: node tests/js/chat-page.mjs <base url of a running standalone> [--restarts]
 // Run by `cargo test -p caas --test chat_page`, which starts the server and passes --restarts:
@@ -16,6 +18,7 @@ import { mkdirSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { png } from "./png.mjs";
 
 const base = process.argv[2];
 const restarts = process.argv.includes("--restarts");
@@ -70,6 +73,21 @@ const ok = (what) => console.log(`ok: ${what}`);
 const conv = (page, label) =>
   page.locator("#convs li.conv").filter({ has: page.locator(".label", { hasText: new RegExp(`^${label}$`) }) });
 const message = (page, text) => page.locator("#messages li.msg:not(.pending)", { hasText: text });
+// Polls `f` (a check in the page) until it is true; the page redraws its messages, so element
+// handles do not last.
+async function until(what, f) {
+  const end = Date.now() + WAIT;
+  for (;;) {
+    if (await f().catch(() => false)) return;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+// Fetches a URL from the page, without a token: status, content type and text.
+const fetchIn = (page, url) => page.evaluate(async (u) => {
+  const r = await fetch(u);
+  return { status: r.status, type: r.headers.get("content-type"), text: await r.text() };
+}, url);
 
 let ann;
 let bob;
@@ -188,6 +206,44 @@ try {
     }
     ok(step);
   }
+
+  step = "ann attaches a picture; bob sees its thumbnail live, and its signed link works";
+  const sunset = (x, y) => [255 - y, 110 + x / 3 - y / 2, 70 + y * 1.6];
+  await ann.locator("#file").setInputFiles({ name: `sunset-${RUN}.png`, mimeType: "image/png", buffer: png(160, 100, sunset) });
+  await ann.locator('#staged li[data-state="ready"]').waitFor();
+  await ann.locator("#text").fill(`A picture for you ${RUN}`);
+  await ann.locator("#text").press("Enter");
+  await ann.locator("#staged").waitFor({ state: "hidden" });
+  const pic = message(bob, `A picture for you ${RUN}`);
+  await pic.waitFor();
+  const thumb = pic.locator("a.file.image img.thumb");
+  await until("bob's thumbnail to load", () =>
+    thumb.evaluate((el) => el.complete && el.naturalWidth > 0 && el.src.startsWith("blob:")));
+  await until("ann's own thumbnail to load", () => message(ann, `A picture for you ${RUN}`)
+    .locator("img.thumb").evaluate((el) => el.complete && el.naturalWidth > 0));
+  let href = null;
+  await until("the picture's signed link", async () => (href = await pic.locator("a.file.image").getAttribute("href")));
+  if (!href.includes("/v1/media/signed/")) throw new Error(`not a signed URL: ${href}`);
+  const full = await fetchIn(bob, href);
+  if (full.status !== 200 || full.type !== "image/png") throw new Error(`the signed link answered ${JSON.stringify({ ...full, text: undefined })}`);
+  ok(step);
+
+  step = "ann sends a text file alone; bob gets a download link";
+  const notes = `notes-${RUN}.txt`;
+  await ann.locator("#attach").waitFor();
+  await ann.locator("#file").setInputFiles({ name: notes, mimeType: "text/plain", buffer: Buffer.from(`Minutes ${RUN}\n`) });
+  await ann.locator('#staged li[data-state="ready"]').waitFor();
+  await ann.locator("#text").press("Enter"); // no text: files only
+  const doc = message(bob, notes).locator("a.file.doc");
+  await doc.waitFor();
+  let docHref = null;
+  await until("the file's signed link", async () => (docHref = await doc.getAttribute("href")));
+  if ((await doc.getAttribute("download")) !== notes) throw new Error("the link does not download under the file's name");
+  const download = await fetchIn(bob, docHref);
+  if (download.status !== 200 || download.text !== `Minutes ${RUN}\n`) throw new Error(`the download answered ${download.status}: ${download.text}`);
+  await message(ann, notes).waitFor();
+  if ((await message(bob, notes).locator(".text:not([hidden])").count()) !== 0) throw new Error("an empty text is shown");
+  ok(step);
 
   if (problems.length) throw new Error(`the pages reported problems:\n${problems.join("\n")}`);
 

@@ -5,6 +5,12 @@
 //
 // Everything from the server is put on the page with textContent, except a message's `html`,
 // which the server renders from the text and sanitizes.
+//
+// Files (docs/media.md): a chosen file is uploaded at once through the media API
+// (`POST /v1/media/conversations/{id}/files`) and the message is sent with the ids of the uploaded
+// files. A message's files are shown from what it carries: an image as its thumbnail (fetched with
+// the token, shown from a blob: URL), everything as a link to a signed URL
+// (`POST /v1/media/files/{id}/url`), which a browser follows without an Authorization header.
 "use strict";
 
 const ACK_TIMEOUT_MS = 8000; // a send without an ack by then is retried with the same client_msg_id
@@ -14,6 +20,8 @@ const RETRYABLE = new Set([
   "rate_limited", "quota_exceeded", "unavailable", "overloaded", "conflict", "internal",
   "token_expired", "token_revoked", "token_invalid", "unauthenticated",
 ]);
+const MAX_FILES = 10; // the most files one message may carry
+const THUMB_BOX = [240, 180]; // the largest an image is shown in a message
 const TOKEN_CODES = new Set([
   "unauthenticated", "token_invalid", "token_expired", "token_not_yet_valid", "token_revoked",
 ]);
@@ -32,7 +40,9 @@ const S = {
   current: null, // the conversation on screen
   msgs: new Map(), // conversation id -> Map(message id -> message)
   older: new Map(), // conversation id -> whether older messages may exist
-  pending: new Map(), // client_msg_id -> {conversation_id, text, state, error}
+  pending: new Map(), // client_msg_id -> {conversation_id, text, files, state, error}
+  staged: [], // files chosen for the next message: {conversation_id, name, state, upload, error}
+  media: new Map(), // media id -> {link, expires, thumb}: signed URL and thumbnail object URL
   typing: new Map(), // "conversation\nuser" -> timer
   online: new Set(), // user ids
   typingConv: null, // the conversation we announced typing in
@@ -83,21 +93,28 @@ async function fetchToken() {
   S.token = data.token;
 }
 
-async function api(method, path, body, retried = false) {
-  const headers = { authorization: `Bearer ${S.token}` };
-  if (body !== undefined) headers["content-type"] = "application/json";
-  const res = await fetch(path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const data = res.status === 204 ? null : await res.json().catch(() => null);
-  const code = data?.error?.code;
-  if (res.status === 401 && TOKEN_CODES.has(code) && !retried) {
-    await fetchToken();
-    return api(method, path, body, true);
+// A request with the user token; a token refused as expired or revoked is renewed once.
+async function authed(path, init = {}, retried = false) {
+  const res = await fetch(path, { ...init, headers: { ...init.headers, authorization: `Bearer ${S.token}` } });
+  if (res.status === 401 && !retried) {
+    const data = await res.clone().json().catch(() => null);
+    if (TOKEN_CODES.has(data?.error?.code)) {
+      await fetchToken();
+      return authed(path, init, true);
+    }
   }
-  if (!res.ok) throw new Error(code || `HTTP ${res.status}`);
+  return res;
+}
+
+async function api(method, path, body) {
+  const init = { method };
+  if (body !== undefined) {
+    init.headers = { "content-type": "application/json" };
+    init.body = JSON.stringify(body);
+  }
+  const res = await authed(path, init);
+  const data = res.status === 204 ? null : await res.json().catch(() => null);
+  if (!res.ok) throw new Error(data?.error?.code || `HTTP ${res.status}`);
   return data;
 }
 
@@ -155,6 +172,104 @@ async function catchUp(id) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Files
+
+// Uploads a file to a conversation (one request: the body is the file); resolves with its metadata.
+async function uploadFile(conversation_id, file) {
+  const q = new URLSearchParams({ name: file.name });
+  const res = await authed(`/v1/media/conversations/${encodeURIComponent(conversation_id)}/files?${q}`, {
+    method: "POST",
+    headers: { "content-type": file.type || "application/octet-stream" },
+    body: file,
+  });
+  const data = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(data?.error?.code || `HTTP ${res.status}`);
+  return data;
+}
+
+function stage(file) {
+  if (!S.current) return;
+  const f = { conversation_id: S.current, name: file.name, state: "uploading" };
+  f.upload = S.staged.filter((x) => x.state !== "failed").length < MAX_FILES
+    ? uploadFile(f.conversation_id, file)
+    : Promise.reject(new Error(`at most ${MAX_FILES} files a message`));
+  f.upload
+    .then((m) => { f.state = "ready"; f.media = m; }, (e) => { f.state = "failed"; f.error = e.message; })
+    .finally(renderStaged);
+  S.staged.push(f);
+  renderStaged();
+}
+
+// Takes a file out of the next message; an uploaded one is deleted again.
+function unstage(f) {
+  S.staged = S.staged.filter((x) => x !== f);
+  f.upload.then((m) => api("DELETE", `/v1/media/files/${encodeURIComponent(m.id)}`)).catch(() => {});
+  renderStaged();
+}
+
+function renderStaged() {
+  const label = (f) => (f.state === "uploading" ? "uploading…" : f.state === "failed" ? `failed: ${f.error}` : "ready");
+  $("staged").replaceChildren(...S.staged.map((f) =>
+    h("li", { class: `staged ${f.state}`, "data-state": f.state },
+      h("span", { class: "name", text: f.name }),
+      h("span", { class: "state", text: label(f) }),
+      h("button", { type: "button", "aria-label": `Remove ${f.name}`, text: "✕", onclick: () => unstage(f) }))));
+  $("staged").hidden = !S.staged.length;
+}
+
+// What the page knows to show a file: a signed download URL and, for images with one, the
+// thumbnail as an object URL. Loaded once per file (the link again when it is about to expire);
+// the messages are drawn again when it arrives.
+function mediaFor(a) {
+  let e = S.media.get(a.id);
+  if (e && (e.loading || e.failed || e.expires - Date.now() > 60_000)) return e;
+  e = { ...e, loading: true };
+  S.media.set(a.id, e);
+  const id = encodeURIComponent(a.id);
+  const link = api("POST", `/v1/media/files/${id}/url`).then((u) => {
+    e.link = u.url;
+    e.expires = Date.parse(u.expires_at);
+  });
+  const thumb = a.has_thumbnail && !e.thumb
+    ? authed(`/v1/media/files/${id}/thumbnail`)
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(`HTTP ${r.status}`))))
+      .then((b) => { e.thumb = URL.createObjectURL(b); })
+    : null;
+  Promise.all([link, thumb])
+    .catch(() => { e.failed = true; })
+    .finally(() => {
+      e.loading = false;
+      if (S.current) renderMessages();
+    });
+  return e;
+}
+
+// Width and height of an image shown within THUMB_BOX (its size is reserved before it loads).
+function fit(width, height) {
+  if (!width || !height) return [undefined, undefined];
+  const k = Math.min(1, THUMB_BOX[0] / width, THUMB_BOX[1] / height);
+  return [Math.round(width * k), Math.round(height * k)];
+}
+
+function sizeText(n) {
+  return n < 1024 ? `${n} B` : n < 1024 * 1024 ? `${(n / 1024).toFixed(1)} KB` : `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function filesOf(m) {
+  if (m.deleted_at || !m.attachments?.length) return null;
+  return h("div", { class: "files" }, ...m.attachments.map((a) => {
+    const e = mediaFor(a);
+    if (a.content_type.startsWith("image/")) {
+      const [width, height] = fit(a.width, a.height);
+      return h("a", { class: "file image", href: e.link, target: "_blank", rel: "noopener", title: a.name, "data-media": a.id },
+        h("img", { class: "thumb", alt: a.name, width, height, src: e.thumb || (a.has_thumbnail ? null : e.link) }));
+    }
+    return h("a", { class: "file doc", href: e.link, download: a.name, "data-media": a.id },
+      h("span", { class: "name", text: `↓ ${a.name}` }), h("span", { class: "size", text: sizeText(a.size) }));
+  }));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Messages
 
 function addMessage(m) {
@@ -175,6 +290,7 @@ function fromEvent(e) {
     created_at: e.created_at,
     client_msg_id: e.client_msg_id,
     parent_id: e.parent_id,
+    attachments: e.attachments || [],
     reactions: {},
   };
 }
@@ -189,6 +305,7 @@ function messageItem(m) {
   } else {
     body.textContent = m.text;
   }
+  if (!m.deleted_at && !m.text) body.hidden = true; // files only
   const when = m.created_at
     ? new Date(m.created_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
     : "";
@@ -201,6 +318,7 @@ function messageItem(m) {
       h("time", { datetime: m.created_at, text: when }),
       m.edited_at ? h("span", { class: "edited", text: "(edited)" }) : null),
     body,
+    filesOf(m),
     reactions.length
       ? h("div", { class: "reactions" },
         ...reactions.map(([k, users]) => h("span", { class: "reaction", title: users.map(name).join(", "), text: `${k} ${users.length}` })))
@@ -216,30 +334,45 @@ function renderMessages() {
   for (const m of items) frag.append(messageItem(m));
   for (const [id, p] of S.pending) {
     if (p.conversation_id !== S.current) continue;
-    const label = p.state === "failed" ? `not sent: ${p.error}` : p.state === "retrying" ? "retrying…" : "sending…";
+    const label = p.state === "failed" ? `not sent: ${p.error}`
+      : p.state === "retrying" ? "retrying…" : p.state === "uploading" ? "uploading…" : "sending…";
     frag.append(h("li", { class: `msg mine pending ${p.state}`, "data-client-id": id },
       h("div", { class: "meta" }, h("span", { class: "sender", text: name(S.me) }), h("span", { class: "state", text: label })),
-      h("div", { class: "text", text: p.text })));
+      p.text ? h("div", { class: "text", text: p.text }) : null,
+      p.files.length ? h("div", { class: "files" }, ...p.files.map((f) => h("span", { class: "file doc", text: `↑ ${f}` }))) : null));
   }
   list.replaceChildren(frag);
   $("older").hidden = !S.older.get(S.current);
   if (atBottom) list.scrollTop = list.scrollHeight;
 }
 
-async function send(text) {
+// Sends a message with the files staged for it (their uploads finish first).
+async function send(text, staged = []) {
   const conversation_id = S.current;
   const client_msg_id = newClientMsgId();
-  const p = { conversation_id, text, state: "sending" };
+  const p = { conversation_id, text, files: staged.map((f) => f.name), state: staged.length ? "uploading" : "sending" };
   S.pending.set(client_msg_id, p);
   renderMessages();
   $("messages").scrollTop = $("messages").scrollHeight;
+  const payload = { conversation_id, text, client_msg_id };
+  if (staged.length) {
+    try {
+      payload.attachments = (await Promise.all(staged.map((f) => f.upload))).map((m) => m.id);
+    } catch (e) {
+      p.state = "failed";
+      p.error = `upload ${e.message}`;
+      if (conversation_id === S.current) renderMessages();
+      return;
+    }
+    p.state = "sending";
+  }
   for (let attempt = 0; S.pending.has(client_msg_id); attempt++) {
     if (!S.socket.connected) await new Promise((r) => S.socket.once("connect", r));
     let ack = null;
     try {
       ack = await S.socket
         .timeout(ACK_TIMEOUT_MS)
-        .emitWithAck("message.send", { conversation_id, text, client_msg_id });
+        .emitWithAck("message.send", payload);
     } catch {
       // No ack in time (or the connection dropped): retry with the same client_msg_id, which
       // the server stores once whatever happened to the first attempt.
@@ -314,7 +447,7 @@ function renderConvs() {
       other ? dot(other) : null,
       h("span", { class: "label", text: convLabel(v) }),
       unread ? h("span", { class: "unread", title: "unread", text: String(unread) }) : null),
-    last ? h("div", { class: "preview", text: `${name(last.sender_id)}: ${last.text}` }) : null));
+    last ? h("div", { class: "preview", text: `${name(last.sender_id)}: ${last.text || "(files)"}` }) : null));
   }
   $("convs").replaceChildren(frag);
 }
@@ -360,11 +493,13 @@ function askPresence() {
 
 async function select(id) {
   if (S.typingConv && S.typingConv !== id) stopTyping();
+  // Files are uploaded to one conversation: the ones staged for another are dropped.
+  for (const f of S.staged.filter((x) => x.conversation_id !== id)) unstage(f);
   S.current = id;
   const v = S.convs.get(id);
   $("room-title").textContent = v ? convLabel(v) : id;
   $("room-title").title = v?.conversation.topic || "";
-  $("text").disabled = $("send").disabled = false;
+  $("text").disabled = $("send").disabled = $("attach").disabled = false;
   renderConvs();
   renderTyping();
   renderMessages();
@@ -548,7 +683,7 @@ function connect() {
     text: e.text, html: e.html, edited_at: e.edited_at || new Date().toISOString(),
   })));
   socket.on("message.deleted", (e) => onMessageChanged(e, (m) => Object.assign(m, {
-    text: "", html: "", deleted_at: e.deleted_at || new Date().toISOString(),
+    text: "", html: "", attachments: [], deleted_at: e.deleted_at || new Date().toISOString(),
   })));
   socket.on("reaction.added", (e) => onReaction(e, true));
   socket.on("reaction.removed", (e) => onReaction(e, false));
@@ -604,10 +739,18 @@ async function start() {
   $("composer").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = $("text").value;
-    if (!S.current || !text.trim()) return;
+    const staged = S.staged.filter((f) => f.state !== "failed" && f.conversation_id === S.current);
+    if (!S.current || (!text.trim() && !staged.length)) return;
     $("text").value = "";
+    S.staged = [];
+    renderStaged();
     stopTyping();
-    send(text);
+    send(text.trim() ? text : "", staged);
+  });
+  $("attach").addEventListener("click", () => $("file").click());
+  $("file").addEventListener("change", () => {
+    for (const file of $("file").files) stage(file);
+    $("file").value = "";
   });
   $("text").addEventListener("input", onInput);
   $("older").addEventListener("click", async () => {

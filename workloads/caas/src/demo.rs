@@ -60,8 +60,9 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 ];
 
 /// What the page may load: its own scripts and styles, its own origin for REST and WebSocket,
-/// nothing inline (message HTML is sanitized by the server; this is the second fence).
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+/// nothing inline (message HTML is sanitized by the server; this is the second fence). Images:
+/// its own origin (signed media URLs) and `blob:` (thumbnails the page fetched with its token).
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
      connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 #[derive(Clone)]
