@@ -4,8 +4,9 @@
 //!   only, `#general` and the direct conversation created once, across restarts);
 //! - the page itself in headless Chromium: `tests/js/chat-page.mjs` (playwright-core, Debian's
 //!   `/usr/bin/chromium`) with two pages as ann and bob chatting live, and through a graceful
-//!   restart of the server (stopped and started here when the script asks); screenshots land
-//!   in `tests/artifacts/`. The browser, Node and `tests/js/node_modules` are required: this test
+//!   restart of the server (stopped and started here when the script asks), then sharing files
+//!   (a PNG shown as a thumbnail on the other page, a text file as a signed download link);
+//!   screenshots land in `tests/artifacts/`. The browser, Node and `tests/js/node_modules` are required: this test
 //!   fails, never skips, without them (`scripts/test.sh` installs them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
