@@ -48,7 +48,7 @@ async fn main() -> std::process::ExitCode {
         .command
         .unwrap_or(Command::Standalone(standalone::Args::default()))
     {
-        Command::Openapi => match serde_json::to_string_pretty(&caas_gateway::openapi()) {
+        Command::Openapi => match serde_json::to_string_pretty(&run::openapi()) {
             Ok(s) => {
                 println!("{s}");
                 Ok(())

@@ -34,6 +34,16 @@ pub struct Bound {
     pub metrics: SocketAddr,
 }
 
+/// The OpenAPI document of the whole public API: the gateway's routes merged with the media API's
+/// and search's, each described by its own crate (in Kubernetes they are served by different
+/// processes behind one host). Served at `/v1/openapi.json` and printed by `caas openapi`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = caas_gateway::openapi();
+    doc.merge(caas_media::routes::openapi());
+    doc.merge(caas_search::http::openapi());
+    doc
+}
+
 /// Loads the configuration and runs `parts` until a signal.
 pub async fn workload(config: Option<&Path>, parts: Parts) -> anyhow::Result<()> {
     let cfg = caas_kit::config::load(config)?;
@@ -134,7 +144,7 @@ pub async fn start_with(
     if parts.gateway
         && let Some(state) = &state
     {
-        public = public.merge(caas_gateway::router(state.clone()));
+        public = public.merge(caas_gateway::router_with_openapi(state.clone(), openapi()));
         internal = internal.merge(caas_gateway::internal_router(state.clone()));
         if let Some(extra) = extra {
             public = public.merge(extra(state.clone()).await?);

@@ -367,6 +367,27 @@ async fn standalone_serves_media_next_to_the_api() {
     assert_eq!(r.status(), 404);
     assert!(dir.path().join("media-signing-key").is_file());
     assert!(dir.path().join("media.db").is_file());
+    // The API's OpenAPI document describes the media and search routes too.
+    let doc: Value = http
+        .get(format!("{base}/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/media/conversations/{conversation_id}/files",
+        "/v1/media/files/{media_id}/url",
+        "/v1/media/signed/{tenant_id}/{media_id}",
+        "/v1/search/messages",
+        "/v1/conversations/{conversation_id}/messages",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} is not in the document"
+        );
+    }
 }
 
 /// The attachment `id` as a message carries it, checked against the file's metadata.

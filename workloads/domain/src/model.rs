@@ -251,8 +251,8 @@ pub struct ForwardedFrom {
 }
 
 /// What a message carries about one attached file (uploaded through the media API first), so
-/// clients can render it without another request. The file itself is read at
-/// `/v1/media/{id}` by members of the message's conversation.
+/// clients can render it without another request. The file itself is read through the media API
+/// (`/v1/media/files/{id}/content`, or a signed URL) by members of the message's conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attachment {
     /// Media id.
@@ -267,7 +267,7 @@ pub struct Attachment {
     pub width: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
-    /// Whether `/v1/media/{id}/thumbnail` serves a thumbnail.
+    /// Whether `/v1/media/files/{id}/thumbnail` serves a thumbnail.
     #[serde(default)]
     pub has_thumbnail: bool,
 }

@@ -53,10 +53,15 @@ impl utoipa::Modify for SecurityAddon {
 /// The public router (without the standard middleware stack: see `caas_kit::server::wrap`) and
 /// its OpenAPI document, also served at `/v1/openapi.json`.
 pub fn router(state: AppState) -> Router {
-    let (router, doc) = routes::openapi_router().split_for_parts();
-    let mut doc_full = ApiDoc::openapi();
-    doc_full.merge(doc);
-    let doc = std::sync::Arc::new(doc_full);
+    router_with_openapi(state, openapi())
+}
+
+/// [`router`] serving `doc` at `/v1/openapi.json`: the `caas` binary passes the gateway's
+/// document merged with those of the other workloads' public routes (media, search), which this
+/// crate does not depend on.
+pub fn router_with_openapi(state: AppState, doc: utoipa::openapi::OpenApi) -> Router {
+    let (router, _) = routes::openapi_router().split_for_parts();
+    let doc = std::sync::Arc::new(doc);
     router
         .route(
             "/v1/openapi.json",

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// A stored file. Its bytes live in the object store under [`object_key`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Media {
     pub tenant_id: TenantId,
     pub id: String,
@@ -49,7 +49,8 @@ impl Media {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The thumbnail of an image (`GET /v1/media/files/{id}/thumbnail`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Thumbnail {
     pub content_type: String,
     pub size: u64,
@@ -57,7 +58,7 @@ pub struct Thumbnail {
     pub height: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UploadState {
     /// Parts may be uploaded.

@@ -13,6 +13,8 @@
 //! | `GET /v1/media/files/{id}/thumbnail` | thumbnail of an image |
 //! | `POST /v1/media/files/{id}/url?ttl_secs=` | a signed, expiring URL |
 //! | `GET /v1/media/signed/{tenant}/{id}?exp=&sig=` | download without a token |
+//!
+//! [`openapi`] describes them (the `caas` binary merges it into the API's document).
 
 use crate::download;
 use crate::error::MediaError;
@@ -25,10 +27,31 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use caas_domain::{ConversationId, TenantId};
-use caas_kit::error::{Json, Path, Query};
+use caas_kit::error::{ErrorBody, Json, Path, Query};
 use http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+/// The OpenAPI document of the media routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(upload_single, initiate, status, abort, put_part, complete, metadata, delete, content,
+        thumbnail, signed_url, signed),
+    tags((name = "media", description = "Files of conversations: uploads, downloads, signed URLs, thumbnails (docs/media.md)"))
+)]
+struct MediaDoc;
+
+/// The bytes of a file, as a request or response body (only in the OpenAPI document: the
+/// handlers stream bodies).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct FileBytes(pub Vec<u8>);
+
+/// The OpenAPI operations of the media routes (`/v1/media/...`), to merge into the API's
+/// document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <MediaDoc as utoipa::OpenApi>::openapi()
+}
 
 /// The media routes with their state, relative to `/v1/media` (see [`crate::service`]).
 pub fn router(state: MediaState) -> Router {
@@ -71,12 +94,22 @@ fn checksum(h: &HeaderMap) -> Result<Option<String>, MediaError> {
         .transpose()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct NameQuery {
+    /// The file name (metadata only: no `/`, `\`, `..`, control characters; 1-255 bytes).
     pub name: String,
 }
 
+#[utoipa::path(post, path = "/v1/media/conversations/{conversation_id}/files", tag = "media", security(("bearer" = [])),
+    params(("conversation_id" = String, Path), NameQuery,
+        ("x-checksum-sha256" = Option<String>, Header, description = "Hex SHA-256 of the body, verified")),
+    request_body(content = FileBytes, content_type = "application/octet-stream",
+        description = "The file. `content-type` says what the client thinks it is (checked against the bytes)."),
+    responses((status = 201, body = Media), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
 async fn upload_single(
     State(s): State<MediaState>,
     caller: Caller,
@@ -101,6 +134,10 @@ async fn upload_single(
     Ok((StatusCode::CREATED, Json(media)))
 }
 
+#[utoipa::path(post, path = "/v1/media/conversations/{conversation_id}/uploads", tag = "media", security(("bearer" = [])),
+    params(("conversation_id" = String, Path)), request_body = Initiate,
+    responses((status = 201, body = UploadStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn initiate(
     State(s): State<MediaState>,
     caller: Caller,
@@ -111,6 +148,9 @@ async fn initiate(
     Ok((StatusCode::CREATED, Json(st)))
 }
 
+#[utoipa::path(get, path = "/v1/media/uploads/{upload_id}", tag = "media", security(("bearer" = [])),
+    params(("upload_id" = String, Path)),
+    responses((status = 200, body = UploadStatus), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn status(
     State(s): State<MediaState>,
     caller: Caller,
@@ -119,6 +159,10 @@ async fn status(
     Ok(Json(upload::get_status(&s, &caller, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/media/uploads/{upload_id}", tag = "media", security(("bearer" = [])),
+    params(("upload_id" = String, Path)),
+    responses((status = 204, description = "Aborted: parts removed, quota given back"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 async fn abort(
     State(s): State<MediaState>,
     caller: Caller,
@@ -128,6 +172,12 @@ async fn abort(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(put, path = "/v1/media/uploads/{upload_id}/parts/{number}", tag = "media", security(("bearer" = [])),
+    params(("upload_id" = String, Path), ("number" = u32, Path, description = "1-based"),
+        ("x-checksum-sha256" = Option<String>, Header, description = "Hex SHA-256 of the part, verified")),
+    request_body(content = FileBytes, content_type = "application/octet-stream", description = "The part's bytes."),
+    responses((status = 200, body = PartStatus), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 async fn put_part(
     State(s): State<MediaState>,
     caller: Caller,
@@ -148,6 +198,10 @@ async fn put_part(
     Ok(Json(p))
 }
 
+#[utoipa::path(post, path = "/v1/media/uploads/{upload_id}/complete", tag = "media", security(("bearer" = [])),
+    params(("upload_id" = String, Path)), request_body = Complete,
+    responses((status = 201, body = Media), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 415, body = ErrorBody)))]
 async fn complete(
     State(s): State<MediaState>,
     caller: Caller,
@@ -158,6 +212,9 @@ async fn complete(
     Ok((StatusCode::CREATED, Json(media)))
 }
 
+#[utoipa::path(get, path = "/v1/media/files/{media_id}", tag = "media", security(("bearer" = [])),
+    params(("media_id" = String, Path)),
+    responses((status = 200, body = Media), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn metadata(
     State(s): State<MediaState>,
     caller: Caller,
@@ -166,6 +223,10 @@ async fn metadata(
     Ok(Json(s.readable(&caller, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/media/files/{media_id}", tag = "media", security(("bearer" = [])),
+    params(("media_id" = String, Path)),
+    responses((status = 204, description = "Deleted (soft; purged later)"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 async fn delete(
     State(s): State<MediaState>,
     caller: Caller,
@@ -175,6 +236,12 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/media/files/{media_id}/content", tag = "media", security(("bearer" = [])),
+    params(("media_id" = String, Path), ("range" = Option<String>, Header, description = "One range: `bytes=a-b`, `bytes=a-`, `bytes=-n`"),
+        ("if-none-match" = Option<String>, Header), ("if-range" = Option<String>, Header)),
+    responses((status = 200, description = "The file", content_type = "application/octet-stream", body = FileBytes),
+        (status = 206, description = "The range", content_type = "application/octet-stream", body = FileBytes),
+        (status = 304, description = "Not modified"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 416, description = "Range not satisfiable")))]
 async fn content(
     State(s): State<MediaState>,
     caller: Caller,
@@ -185,6 +252,10 @@ async fn content(
     download::serve(&s, &media, &headers, false).await
 }
 
+#[utoipa::path(get, path = "/v1/media/files/{media_id}/thumbnail", tag = "media", security(("bearer" = [])),
+    params(("media_id" = String, Path)),
+    responses((status = 200, description = "The thumbnail (JPEG, or PNG for transparent images)", content_type = "image/jpeg", body = FileBytes),
+        (status = 304, description = "Not modified"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn thumbnail(
     State(s): State<MediaState>,
     caller: Caller,
@@ -195,20 +266,26 @@ async fn thumbnail(
     download::serve(&s, &media, &headers, true).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UrlQuery {
+    /// Lifetime in seconds (default `media.signedUrlTtlSecs`, at most `media.signedUrlMaxTtlSecs`).
     #[serde(default)]
     pub ttl_secs: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SignedUrl {
+    /// `/v1/media/signed/<tenant>/<id>?exp=&sig=` (prefixed with `media.publicBaseUrl`).
     pub url: String,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
 
+#[utoipa::path(post, path = "/v1/media/files/{media_id}/url", tag = "media", security(("bearer" = [])),
+    params(("media_id" = String, Path), UrlQuery),
+    responses((status = 200, body = SignedUrl), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn signed_url(
     State(s): State<MediaState>,
     caller: Caller,
@@ -238,14 +315,23 @@ async fn signed_url(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SignedQuery {
+    /// Expiry (Unix seconds).
     #[serde(default)]
     pub exp: Option<i64>,
+    /// Hex HMAC-SHA256 over tenant, id and expiry.
     #[serde(default)]
     pub sig: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/media/signed/{tenant_id}/{media_id}", tag = "media",
+    params(("tenant_id" = String, Path), ("media_id" = String, Path), SignedQuery,
+        ("range" = Option<String>, Header, description = "One range, as for `content`")),
+    responses((status = 200, description = "The file, without a token", content_type = "application/octet-stream", body = FileBytes),
+        (status = 206, description = "The range", content_type = "application/octet-stream", body = FileBytes),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn signed(
     State(s): State<MediaState>,
     Path((tenant, id)): Path<(String, String)>,

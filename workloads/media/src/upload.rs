@@ -426,19 +426,23 @@ async fn make_thumbnail(s: &MediaState, media: &Media) -> Option<Thumbnail> {
 }
 
 /// Body of `POST .../uploads`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Initiate {
+    /// The file name (metadata only).
     pub name: String,
+    /// What the client thinks the type is (checked against the bytes).
     #[serde(default)]
     pub content_type: Option<String>,
+    /// The whole file's size in bytes (reserved from the tenant's quota now).
     pub size: u64,
+    /// Hex SHA-256 of the whole file (else required at `complete`).
     #[serde(default)]
     pub sha256: Option<String>,
 }
 
 /// The state of an upload as shown to its owner.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UploadStatus {
     pub id: String,
     pub conversation_id: ConversationId,
@@ -455,7 +459,7 @@ pub struct UploadStatus {
     pub expires_at: OffsetDateTime,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PartStatus {
     pub number: u32,
     pub size: u64,
@@ -684,9 +688,10 @@ where
 }
 
 /// Body of `POST .../complete`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Complete {
+    /// Hex SHA-256 of the whole file (required unless given at the start).
     #[serde(default)]
     pub sha256: Option<String>,
 }

@@ -1,6 +1,7 @@
 //! The HTTP face of search: `/v1/search/...` for users (JWT, per-user rate limit, scope from the
 //! store's memberships at query time) and `/admin/v1/search/...` on the internal port (rebuild,
-//! status). Bad input is a 4xx with a stable code, never a panic.
+//! status). Bad input is a 4xx with a stable code, never a panic. [`openapi`] describes the
+//! public routes (the `caas` binary merges it into the API's document).
 
 use crate::engine::{Engine, EngineError, RebuildStatus};
 use crate::index::Generation;
@@ -12,7 +13,7 @@ use axum::routing::get;
 use caas_config::Config;
 use caas_domain::{ConversationId, ErrorCode, UserId};
 use caas_kit::auth::{Authenticator, Principal, bearer};
-use caas_kit::error::{ApiError, Json, Query};
+use caas_kit::error::{ApiError, ErrorBody, Json, Query};
 use caas_kit::ratelimit::RateLimiter;
 use http::StatusCode;
 use http::request::Parts;
@@ -97,6 +98,20 @@ pub fn internal_routes(state: SearchState) -> Router {
 /// The internal (admin) routes under `/admin/v1/search`.
 pub fn internal_router(state: SearchState) -> Router {
     Router::new().nest(INTERNAL_PREFIX, internal_routes(state))
+}
+
+/// The OpenAPI document of the public routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(search_messages, search_conversations, search_users, suggest),
+    tags((name = "search", description = "Full-text search over the caller's conversations (docs/search.md)"))
+)]
+struct SearchDoc;
+
+/// The OpenAPI operations of the public routes (`/v1/search/...`), to merge into the API's
+/// document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <SearchDoc as utoipa::OpenApi>::openapi()
 }
 
 pub const PUBLIC_PREFIX: &str = "/v1/search";
@@ -185,25 +200,32 @@ impl SearchState {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesParams {
+    /// The query: words (all must match), `"a phrase"`, `pre*`, `-excluded`. Required unless a
+    /// filter is given.
     pub q: Option<String>,
+    /// Only this conversation.
     pub conversation_id: Option<String>,
+    /// Only messages of this user.
     pub sender_id: Option<String>,
     /// RFC 3339; messages created at or after.
     pub from: Option<String>,
     /// RFC 3339; messages created before.
     pub to: Option<String>,
+    /// Messages with (`true`) or without (`false`) files.
     pub has_attachment: Option<bool>,
     /// `relevance` (default) or `time` (newest first).
     pub sort: Option<String>,
     /// 1..=50, default 20.
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page (with the same other parameters).
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct FoundMessage {
     pub id: String,
     pub conversation_id: String,
@@ -215,18 +237,20 @@ pub struct FoundMessage {
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub edited_at: Option<OffsetDateTime>,
     pub parent_id: Option<String>,
+    /// The message carries files.
     pub has_attachment: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct SearchHit {
     pub message: FoundMessage,
+    /// BM25 score; null with `sort=time`.
     pub score: Option<f32>,
     /// HTML-escaped fragment with matches in `<mark>`.
     pub highlight: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MessagesResponse {
     pub hits: Vec<SearchHit>,
     /// Pass as `cursor` (with the same other parameters) for the next page.
@@ -308,6 +332,10 @@ pub fn message_search(p: MessagesParams) -> Result<MessageSearch, ApiError> {
     })
 }
 
+#[utoipa::path(get, path = "/v1/search/messages", tag = "search", security(("bearer" = [])),
+    params(MessagesParams),
+    responses((status = 200, body = MessagesResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn search_messages(
     State(s): State<SearchState>,
     caller: Caller,
@@ -346,19 +374,22 @@ async fn search_messages(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct NameParams {
+    /// Words, each matched as a prefix of a word of the name (required).
     pub q: Option<String>,
+    /// 1-50, default 20 (suggestions: 1-20, default 8).
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NamedResponse {
     pub results: Vec<NamedItem>,
 }
 
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NamedItem {
     pub id: String,
     pub name: String,
@@ -383,6 +414,10 @@ fn required_q(q: Option<String>) -> Result<String, ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/search/conversations", tag = "search", security(("bearer" = [])),
+    params(NameParams),
+    responses((status = 200, body = NamedResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn search_conversations(
     State(s): State<SearchState>,
     caller: Caller,
@@ -400,6 +435,10 @@ async fn search_conversations(
     Ok(Json(named_response(v)))
 }
 
+#[utoipa::path(get, path = "/v1/search/users", tag = "search", security(("bearer" = [])),
+    params(NameParams),
+    responses((status = 200, body = NamedResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn search_users(
     State(s): State<SearchState>,
     caller: Caller,
@@ -418,6 +457,10 @@ async fn search_users(
     Ok(Json(named_response(v)))
 }
 
+#[utoipa::path(get, path = "/v1/search/suggest", tag = "search", security(("bearer" = [])),
+    params(NameParams),
+    responses((status = 200, body = Suggestions), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn suggest(
     State(s): State<SearchState>,
     caller: Caller,

@@ -94,13 +94,13 @@ pub struct Page {
 }
 
 /// A conversation or user found by name.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Named {
     pub id: String,
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Suggestions {
     /// Words of the caller's messages that complete the last word, most frequent first.
     pub terms: Vec<String>,
