@@ -69,13 +69,15 @@ pub fn decode(d: &Delivery) -> Result<Decoded, StageError> {
 
 /// Validation, second half: the event's own fields (text, reaction, ids).
 pub fn validate(event: &ConversationEvent) -> Result<(), StageError> {
-    use caas_domain::model::{validate_client_msg_id, validate_reaction, validate_text};
+    use caas_domain::model::{
+        validate_body, validate_client_msg_id, validate_reaction, validate_text,
+    };
     let v = |r: Result<(), caas_domain::DomainError>| {
         r.map_err(|e| StageError::domain(Stage::Validate, &e))
     };
     match event {
         ConversationEvent::MessageCreated(m) => {
-            v(validate_text(&m.text))?;
+            v(validate_body(&m.text, !m.attachments.is_empty()))?;
             if let Some(c) = &m.client_msg_id {
                 v(validate_client_msg_id(c))?;
             }
@@ -528,5 +530,20 @@ mod tests {
         });
         let e = validate(&ev).unwrap_err();
         assert_eq!((e.stage, e.code), (Stage::Validate, "text_empty"));
+
+        // The same empty text is a message when it carries a file.
+        let ConversationEvent::MessageCreated(mut m) = ev else {
+            unreachable!()
+        };
+        m.attachments.push(caas_domain::model::Attachment {
+            id: "f1".into(),
+            name: "a.png".into(),
+            content_type: "image/png".into(),
+            size: 1,
+            width: None,
+            height: None,
+            has_thumbnail: false,
+        });
+        assert!(validate(&ConversationEvent::MessageCreated(m)).is_ok());
     }
 }
