@@ -93,7 +93,44 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     c.busy_timeout(Duration::from_secs(10))?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "FULL")?;
+    c.set_prepared_statement_cache_capacity(64);
+    // Checkpoints run on a thread of their own ([`checkpointer`]), not inside a commit.
+    c.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(c)
+}
+
+/// Checkpoints the WAL of `path` every 200 ms from a connection of its own for as long as
+/// `owner` lives, so that no commit ever waits for a checkpoint (with SQLite's automatic
+/// checkpoints the commit that crosses the threshold copies the WAL into the database).
+/// PASSIVE: it never blocks the writer or readers, and catches up on the next round when a
+/// reader holds an old snapshot.
+fn checkpointer<T: Send + Sync + 'static>(path: &Path, owner: std::sync::Weak<T>) {
+    let path = path.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("caas-checkpoint".into())
+        .spawn(move || {
+            let conn = match Connection::open(&path) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "Failed to open the checkpoint connection.");
+                    return;
+                }
+            };
+            if let Err(e) = conn.busy_timeout(std::time::Duration::from_secs(1)) {
+                tracing::warn!(error = %e, "Failed to set the checkpoint busy timeout.");
+            }
+            while owner.strong_count() > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying.");
+                }
+            }
+            // The owner is gone: fold the WAL in completely.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "Failed to start the checkpoint thread.");
+    }
 }
 
 impl EmbeddedLog {
@@ -158,16 +195,16 @@ impl EmbeddedLog {
             .spawn(move || writer_loop(writer, rx, writer_heads, version_tx))
             .map_err(|e| BusError::Internal(e.to_string()))?;
         let reader = open_conn(&path).map_err(sqlerr)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                path,
-                partitions: partitions.max(1),
-                tx: Mutex::new(Some(tx)),
-                heads,
-                version,
-                reader: Mutex::new(reader),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            path,
+            partitions: partitions.max(1),
+            tx: Mutex::new(Some(tx)),
+            heads,
+            version,
+            reader: Mutex::new(reader),
+        });
+        checkpointer(&inner.path, Arc::downgrade(&inner));
+        Ok(Self { inner })
     }
 
     fn send(&self, req: Request) -> Result<()> {

@@ -70,6 +70,84 @@ struct Args {
     /// MongoDB URI: use the MongoDB adapter instead of the embedded store.
     #[arg(long)]
     mongodb: Option<String>,
+    /// Also measure the storage engine's ceiling on this machine: the same message rows
+    /// (serialised documents of the benchmark's messages) inserted straight into a table
+    /// shaped like the embedded store's, with its pragmas, one durable transaction per batch,
+    /// nothing else running.
+    #[arg(long, default_value_t = false)]
+    ceiling: bool,
+}
+
+/// Rows per second SQLite itself takes for `n` message rows in transactions of `batch`, with
+/// the embedded store's schema for messages and its durability (WAL, synchronous=FULL).
+fn sqlite_ceiling(n: usize, batch: usize) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut c = rusqlite::Connection::open(dir.path().join("ceiling.db"))?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.pragma_update(None, "cache_size", -16_000)?;
+    // As the store: checkpoints on a thread of their own, not in the commits measured here.
+    c.pragma_update(None, "wal_autocheckpoint", 0)?;
+    c.execute_batch(
+        "CREATE TABLE messages (
+            tenant_id TEXT NOT NULL, id TEXT NOT NULL, conversation_id TEXT NOT NULL,
+            position INTEGER NOT NULL, parent_id TEXT, sender_id TEXT NOT NULL,
+            deleted INTEGER NOT NULL, doc TEXT NOT NULL,
+            PRIMARY KEY (tenant_id, id)) WITHOUT ROWID;
+         CREATE INDEX messages_by_position ON messages(tenant_id, conversation_id, parent_id, position);",
+    )?;
+    let t = tenant_id();
+    let rows: Vec<(String, String, String, String)> = (0..n)
+        .map(|i| {
+            let text = format!("message {i}: lunch at noon? see https://example.com/menu #food");
+            let r = caas_domain::text::render(&text);
+            let ev = MessageCreated {
+                message_id: MessageId::generate(),
+                sender_id: user(i % 2),
+                text,
+                html: r.html,
+                mentions: vec![],
+                links: r.links,
+                hashtags: r.hashtags,
+                parent_id: None,
+                client_msg_id: None,
+                forwarded_from: None,
+                attachments: Vec::new(),
+                created_at: OffsetDateTime::now_utc(),
+            };
+            let m = ev.to_message(&t, &conv(i % 64), i as i64);
+            let doc = serde_json::to_string(&m).unwrap_or_default();
+            (
+                m.id.to_string(),
+                m.conversation_id.to_string(),
+                m.sender_id.to_string(),
+                doc,
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    for (b, chunk) in rows.chunks(batch.max(1)).enumerate() {
+        let tx = c.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO messages (tenant_id, id, conversation_id, position, parent_id, sender_id, deleted, doc)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5, 0, ?6)",
+            )?;
+            for (i, (id, conv, sender, doc)) in chunk.iter().enumerate() {
+                let position = (b * batch + i) as i64;
+                st.execute(rusqlite::params![
+                    t.as_str(),
+                    id,
+                    conv,
+                    position,
+                    sender,
+                    doc
+                ])?;
+            }
+        }
+        tx.commit()?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 fn tenant_id() -> TenantId {
@@ -319,6 +397,14 @@ async fn main() -> anyhow::Result<()> {
         "| batch size | events | fill (msgs/s) | persisted (msgs/s) | burst | lag p50 | lag p99 | lag max | lag after burst |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    if args.ceiling {
+        for &batch in &args.batch_sizes {
+            eprintln!(
+                "SQLite ceiling, batch {batch}: {:.0} message rows/s inserted (nothing else running)",
+                sqlite_ceiling(args.messages, batch)?
+            );
+        }
+    }
     for &batch in &args.batch_sizes {
         let run = format!("{}{}", batch, uuid::Uuid::new_v4().simple());
         let s = setup(&args, &run[..12.min(run.len())]).await?;
