@@ -432,7 +432,8 @@ function dot(user) {
 function renderConvs() {
   const frag = document.createDocumentFragment();
   for (const [id, v] of S.convs) {
-    const unread = v.membership?.unread_count || 0;
+    // The open conversation is being read (a read marker is on its way): no badge for it.
+    const unread = id === S.current ? 0 : v.membership?.unread_count || 0;
     const last = v.conversation.last_message;
     const other = v.conversation.kind === "direct" ? (S.members.get(id) || []).find((u) => u !== S.me) : null;
     frag.append(h("li", {
