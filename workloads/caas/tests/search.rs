@@ -3,7 +3,7 @@
 //! member removed from the conversation loses its messages at the next search; after `kill -9`
 //! and a restart the index still has every message once. Messages sent with files (uploaded
 //! through `/v1/media`) are found with `has_attachment=true`, after an edit and after a rebuild
-//! from the store too.
+//! from the store too. A renamed user is found by the new name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -192,5 +192,51 @@ async fn has_attachment_finds_messages_sent_with_files() {
     })
     .await;
     check("after a rebuild").await;
+    sa.proc.assert_no_panics();
+}
+
+/// The names of the users found for `q` by `token`'s caller.
+async fn user_names(http: &Http, token: &str, q: &str) -> Vec<String> {
+    let r = http.get(&format!("/v1/search/users?q={q}"), token).await;
+    r.expect(200, &format!("users {q}"))["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A rename (`PUT /v1/users/{id}`) is announced as `user.updated` on the user's conversations,
+/// and search follows: the new name is found, the old one no longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_users_are_found_by_their_new_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let sa = Standalone::start(dir.path(), &[]).await;
+    let http = sa.http.clone();
+    let acme = http.create_tenant("rename-acme").await;
+    let ann = http.token(&acme, "ann").await;
+    let bob = http.token(&acme, "bob").await;
+    http.create_group(&ann, "room", &["bob"]).await;
+    wait_for("bob to be searchable", WAIT, || async {
+        (user_names(&http, &ann, "bob").await == ["bob"]).then_some(())
+    })
+    .await;
+
+    http.call(
+        "PUT",
+        "/v1/users/bob",
+        Some(&bob),
+        Some(&json!({"name": "Roberta Quill"})),
+    )
+    .await
+    .expect(200, "rename");
+    wait_for("the new name to be found", WAIT, || async {
+        (user_names(&http, &ann, "quill").await == ["Roberta Quill"]).then_some(())
+    })
+    .await;
+    assert!(
+        user_names(&http, &ann, "bob").await.is_empty(),
+        "the old name is no longer found"
+    );
     sa.proc.assert_no_panics();
 }

@@ -36,6 +36,10 @@ pub enum ConversationEvent {
     MemberUpdated(MemberChanged),
     #[serde(rename = "conversation.updated")]
     ConversationUpdated(ConversationChanged),
+    /// A member's profile changed (name, image): announced on each of the user's
+    /// conversations, for members' screens and search.
+    #[serde(rename = "user.updated")]
+    UserUpdated(UserChanged),
 }
 
 impl ConversationEvent {
@@ -52,6 +56,7 @@ impl ConversationEvent {
             Self::MemberRemoved(_) => "member.removed",
             Self::MemberUpdated(_) => "member.updated",
             Self::ConversationUpdated(_) => "conversation.updated",
+            Self::UserUpdated(_) => "user.updated",
         }
     }
 }
@@ -174,6 +179,17 @@ pub struct ConversationChanged {
     pub topic: Option<String>,
     pub archived: bool,
     pub by: UserId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A user's profile as it now is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserChanged {
+    pub user_id: UserId,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_url: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }

@@ -131,6 +131,7 @@ async fn enrich(store: &DynStore, events: &[Decoded]) -> Result<Enrichment, Stor
         let (conv, user) = match &d.event {
             ConversationEvent::MemberAdded(m) => (true, Some(&m.user_id)),
             ConversationEvent::ConversationUpdated(_) => (true, None),
+            ConversationEvent::UserUpdated(u) => (false, Some(&u.user_id)),
             _ => (false, None),
         };
         if conv {
@@ -229,6 +230,14 @@ fn operations(
                         tenant,
                         id: d.conversation.to_string(),
                     }),
+                }
+                report.indexed += 1;
+            }
+            // The profile as the store has it now (a later rename wins whatever the order in
+            // which the user's conversations' partitions are read).
+            ConversationEvent::UserUpdated(u) => {
+                if let Some(Some(user)) = enrichment.users.get(&(d.tenant.clone(), u.user_id)) {
+                    ops.push(Op::User(user_doc(user)));
                 }
                 report.indexed += 1;
             }

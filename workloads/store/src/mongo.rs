@@ -2106,7 +2106,8 @@ impl Store for MongoStore {
                 | ConversationEvent::MemberAdded(_)
                 | ConversationEvent::MemberRemoved(_)
                 | ConversationEvent::MemberUpdated(_)
-                | ConversationEvent::ConversationUpdated(_) => Outcome::Applied,
+                | ConversationEvent::ConversationUpdated(_)
+                | ConversationEvent::UserUpdated(_) => Outcome::Applied,
             };
             match outcome {
                 Outcome::Applied => report.applied += 1,

@@ -573,7 +573,8 @@ fn apply_one(c: &Connection, pending: &mut Pending, ev: &LogEvent) -> Result<Out
         | ConversationEvent::MemberAdded(_)
         | ConversationEvent::MemberRemoved(_)
         | ConversationEvent::MemberUpdated(_)
-        | ConversationEvent::ConversationUpdated(_) => {
+        | ConversationEvent::ConversationUpdated(_)
+        | ConversationEvent::UserUpdated(_) => {
             if load_conversation(c, t, conv_id)?.is_none() {
                 return Ok(Outcome::Skipped);
             }

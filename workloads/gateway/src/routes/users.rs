@@ -3,6 +3,7 @@
 use crate::api::*;
 use crate::state::{AppState, Caller};
 use axum::extract::State;
+use caas_domain::event::{ConversationEvent, UserChanged};
 use caas_domain::model::{self, User};
 use caas_domain::{ErrorCode, UserId};
 use caas_kit::error::{ApiError, ErrorBody, Json, Path};
@@ -60,6 +61,7 @@ pub(crate) async fn exchange_token(
     let user = match existing {
         Some(u) if req.name.is_none() && req.image_url.is_none() && req.data.is_none() => u,
         existing => {
+            let before = existing.clone();
             let t = now();
             let base = existing.unwrap_or_else(|| User {
                 tenant_id: tenant.id.clone(),
@@ -78,7 +80,9 @@ pub(crate) async fn exchange_token(
                 updated_at: t,
                 ..base
             };
-            s.store.upsert_user(&user).await?
+            let user = s.store.upsert_user(&user).await?;
+            announce_profile(&s, before.as_ref(), &user, "token");
+            user
         }
     };
     let issued = s.auth.tokens().issue(&tenant.id, &user.id, now())?;
@@ -128,6 +132,7 @@ pub(crate) async fn put_user(
     model::validate_name("name", &req.name)?;
     let data = req.data.unwrap_or_else(|| serde_json::json!({}));
     model::validate_user_data(&data)?;
+    let before = s.store.get_user(caller.tenant(), &user_id).await?;
     let t = now();
     let user = User {
         tenant_id: caller.tenant().clone(),
@@ -139,7 +144,47 @@ pub(crate) async fn put_user(
         updated_at: t,
         tokens_valid_after: None,
     };
-    Ok(Json(s.store.upsert_user(&user).await?))
+    let user = s.store.upsert_user(&user).await?;
+    announce_profile(&s, before.as_ref(), &user, &caller.correlation_id);
+    Ok(Json(user))
+}
+
+/// Announces a changed name or image (`user.updated`) on each of the user's conversations, so
+/// that members' screens and search follow. In the background: a user in many conversations
+/// does not hold the answer up; a failure is logged (the profile is changed either way, and
+/// the next change or a search rebuild catches up).
+fn announce_profile(s: &AppState, before: Option<&User>, after: &User, correlation_id: &str) {
+    let Some(before) = before else {
+        return; // a new user is in no conversation yet
+    };
+    if before.name == after.name && before.image_url == after.image_url {
+        return;
+    }
+    let (s, user, correlation_id) = (s.clone(), after.clone(), correlation_id.to_string());
+    tokio::spawn(async move {
+        let conversations = match s
+            .store
+            .member_conversation_ids(&user.tenant_id, &user.id)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, tenant_id = %user.tenant_id, user_id = %user.id,
+                    "Failed to list a renamed user's conversations; not announced.");
+                return;
+            }
+        };
+        for conversation in conversations {
+            let event = ConversationEvent::UserUpdated(UserChanged {
+                user_id: user.id.clone(),
+                name: user.name.clone(),
+                image_url: user.image_url.clone(),
+                at: user.updated_at,
+            });
+            s.announce(&user.tenant_id, &conversation, &correlation_id, event)
+                .await;
+        }
+    });
 }
 
 /// Logs the caller out everywhere: every token issued until now stops working.
