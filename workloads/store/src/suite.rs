@@ -1594,22 +1594,23 @@ pub async fn mark_read_racing_apply(store: &dyn Store) {
         }
     }
     let events_ref = &events;
-    // The writer announces each finished batch but the last; the reader recounts right after
-    // each announcement, so every recount overlaps the next batch, and the reader stops when
-    // the writer is gone: its last recount overlapped the last batch.
-    let (batches, mut finished) = tokio::sync::watch::channel(0_usize);
+    // The writer announces each finished batch but the last and goes straight on to the next;
+    // the reader recounts once per announcement (a queue, not a watch: none is coalesced away
+    // when the writer is faster), so recounts overlap the batches that follow, and the reader
+    // stops once the writer is gone and every announcement is handled.
+    let (batches, mut finished) = tokio::sync::mpsc::unbounded_channel::<usize>();
     let writer = async move {
         let chunks: Vec<&[LogEvent]> = events_ref.chunks(9).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             apply(store, &c, chunk).await;
             if i + 1 < chunks.len() {
-                batches.send_replace(i + 1);
+                let _ = batches.send(i + 1);
             }
         }
     };
     let reader = async {
         let mut marker = 0;
-        while finished.changed().await.is_ok() {
+        while finished.recv().await.is_some() {
             store
                 .mark_read(&t, &conv, &uid("hal"), marker)
                 .await
