@@ -178,6 +178,21 @@ try {
   await conv(bob, "Ann Archer").locator(".unread").waitFor();
   ok(step);
 
+  step = "bob renames himself through the API; ann's page shows the new name live (user.updated)";
+  {
+    const t = await fetch(`${base}/demo/token`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ user_id: "bob" }),
+    }).then((r) => r.json());
+    const r = await fetch(`${base}/v1/users/bob`, {
+      method: "PUT",
+      headers: { "content-type": "application/json", authorization: `Bearer ${t.token}` },
+      body: JSON.stringify({ name: `Bobby Tables ${RUN}` }),
+    });
+    if (r.status !== 200) throw new Error(`rename: ${r.status} ${await r.text()}`);
+    await ann.locator('#members li[data-user="bob"]', { hasText: `Bobby Tables ${RUN}` }).waitFor();
+  }
+  ok(step);
+
   if (restarts) {
     step = "the server stops; both pages notice, and ann writes while it is down";
     serverDown = true;

@@ -707,6 +707,15 @@ function connect() {
         .catch(() => {});
     });
   }
+  // A member renamed themselves: names on screen follow.
+  socket.on("user.updated", (e) => {
+    keep(e);
+    if (S.names.get(e.user_id) === e.name) return;
+    S.names.set(e.user_id, e.name);
+    renderConvs();
+    renderMembers();
+    if (S.current) renderMessages();
+  });
   socket.on("typing", (t) => {
     if (t.user_id !== S.me) setTyping(t.conversation_id, t.user_id, t.typing, t.expires_in_ms);
   });
