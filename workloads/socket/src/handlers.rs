@@ -17,11 +17,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler as _;
 use socketioxide_core::adapter::{DefinedAdapter, Spawnable as _};
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -451,80 +450,147 @@ fn parse<T: DeserializeOwned>(data: Option<Value>) -> Result<T, ApiError> {
     serde_json::from_value(v).map_err(|e| ApiError::new(ErrorCode::InvalidArgument, e.to_string()))
 }
 
-/// Registers `name` with a handler that gets an up-to-date caller and the payload, and acks with
-/// `{"ok": true, ...result}` or `{"ok": false, "error": {"code", "message"}}`.
-fn on<A, F, Fut>(rt: &Arc<Rt<A>>, s: &SocketRef<A>, name: &'static str, f: F)
-where
-    A: Adapter,
-    F: Fn(Arc<Rt<A>>, SocketRef<A>, Caller, Option<Value>) -> Fut + Send + Sync + Clone + 'static,
-    Fut: Future<Output = Result<Value, ApiError>> + Send + 'static,
-{
+/// The client events (docs/realtime.md), all acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientEvent {
+    MessageSend,
+    MessageEdit,
+    MessageDelete,
+    ReactionAdd,
+    ReactionRemove,
+    ReadMark,
+    ChannelJoin,
+    ChannelLeave,
+    TypingStart,
+    TypingStop,
+    PresenceGet,
+}
+
+impl ClientEvent {
+    const ALL: [ClientEvent; 11] = [
+        ClientEvent::MessageSend,
+        ClientEvent::MessageEdit,
+        ClientEvent::MessageDelete,
+        ClientEvent::ReactionAdd,
+        ClientEvent::ReactionRemove,
+        ClientEvent::ReadMark,
+        ClientEvent::ChannelJoin,
+        ClientEvent::ChannelLeave,
+        ClientEvent::TypingStart,
+        ClientEvent::TypingStop,
+        ClientEvent::PresenceGet,
+    ];
+
+    /// The event's name on the wire.
+    fn name(self) -> &'static str {
+        match self {
+            ClientEvent::MessageSend => "message.send",
+            ClientEvent::MessageEdit => "message.edit",
+            ClientEvent::MessageDelete => "message.delete",
+            ClientEvent::ReactionAdd => "reaction.add",
+            ClientEvent::ReactionRemove => "reaction.remove",
+            ClientEvent::ReadMark => "read.mark",
+            ClientEvent::ChannelJoin => "channel.join",
+            ClientEvent::ChannelLeave => "channel.leave",
+            ClientEvent::TypingStart => "typing.start",
+            ClientEvent::TypingStop => "typing.stop",
+            ClientEvent::PresenceGet => "presence.get",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+/// Registers the socket's one message handler: socketioxide keeps message handlers per socket
+/// (a map of boxed closures), so one fallback that dispatches on the event name costs a
+/// connection one small box instead of a map of eleven. Unknown events are ignored, as they
+/// would be without a handler (no ack). Each known event gets an up-to-date caller and the
+/// payload, and is acked with `{"ok": true, ...result}` or `{"ok": false, "error": {"code",
+/// "message"}}`.
+fn events<A: Adapter>(rt: &Arc<Rt<A>>, s: &SocketRef<A>) {
     let rt = rt.clone();
-    s.on(
-        name,
-        move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
-            let (rt, f) = (rt.clone(), f.clone());
+    s.on_fallback(
+        move |s: SocketRef<A>,
+              Event(name): Event,
+              TryData(data): TryData<Value>,
+              ack: AckSender<A>| {
+            let rt = rt.clone();
             async move {
-                let started = Instant::now();
-                rt.metrics.events_in.with_label_values(&[name]).inc();
-                let result = match session(&s) {
-                    None => Err(ApiError::new(ErrorCode::Unauthenticated, "no session")),
-                    Some(sess) => {
-                        sess.inflight.fetch_add(1, Ordering::SeqCst);
-                        let _guard = InFlight(sess.clone());
-                        let current = sess.principal.lock().clone();
-                        match rt.app.auth.recheck(&current).await {
-                            Ok(p) => {
-                                let caller = Caller {
-                                    principal: p,
-                                    correlation_id: uuid::Uuid::now_v7().to_string(),
-                                };
-                                f(rt.clone(), s.clone(), caller, data.ok()).await
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                };
-                let reply = match result {
-                    Ok(mut v) => {
-                        if let Value::Object(m) = &mut v {
-                            m.insert("ok".into(), Value::Bool(true));
-                        }
-                        v
-                    }
-                    Err(e) => {
-                        rt.metrics
-                            .errors
-                            .with_label_values(&[e.code.as_str()])
-                            .inc();
-                        let mut err = json!({"code": e.code.as_str(), "message": e.message});
-                        if let Some(r) = e.retry_after {
-                            err["retry_after"] = json!(r);
-                        }
-                        json!({"ok": false, "error": err})
-                    }
-                };
-                let fatal = reply["error"]["code"].as_str().is_some_and(|c| {
-                    [
-                        ErrorCode::TokenExpired,
-                        ErrorCode::TokenRevoked,
-                        ErrorCode::TenantSuspended,
-                    ]
-                    .iter()
-                    .any(|k| k.as_str() == c)
-                });
-                let _ = ack.send(&reply);
-                rt.metrics
-                    .ack_seconds
-                    .with_label_values(&[name])
-                    .observe(started.elapsed().as_secs_f64());
-                if fatal {
-                    // The client must come back with a new token.
-                    let _ = s.disconnect();
+                if let Some(event) = ClientEvent::from_name(&name) {
+                    handle(rt, s, event, data.ok(), ack).await;
                 }
             }
         },
     );
+}
+
+async fn handle<A: Adapter>(
+    rt: Arc<Rt<A>>,
+    s: SocketRef<A>,
+    event: ClientEvent,
+    data: Option<Value>,
+    ack: AckSender<A>,
+) {
+    let name = event.name();
+    let started = Instant::now();
+    rt.metrics.events_in.with_label_values(&[name]).inc();
+    let result = match session(&s) {
+        None => Err(ApiError::new(ErrorCode::Unauthenticated, "no session")),
+        Some(sess) => {
+            sess.inflight.fetch_add(1, Ordering::SeqCst);
+            let _guard = InFlight(sess.clone());
+            let current = sess.principal.lock().clone();
+            match rt.app.auth.recheck(&current).await {
+                Ok(p) => {
+                    let caller = Caller {
+                        principal: p,
+                        correlation_id: uuid::Uuid::now_v7().to_string(),
+                    };
+                    dispatch(&rt, &s, event, caller, data).await
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let reply = match result {
+        Ok(mut v) => {
+            if let Value::Object(m) = &mut v {
+                m.insert("ok".into(), Value::Bool(true));
+            }
+            v
+        }
+        Err(e) => {
+            rt.metrics
+                .errors
+                .with_label_values(&[e.code.as_str()])
+                .inc();
+            let mut err = json!({"code": e.code.as_str(), "message": e.message});
+            if let Some(r) = e.retry_after {
+                err["retry_after"] = json!(r);
+            }
+            json!({"ok": false, "error": err})
+        }
+    };
+    let fatal = reply["error"]["code"].as_str().is_some_and(|c| {
+        [
+            ErrorCode::TokenExpired,
+            ErrorCode::TokenRevoked,
+            ErrorCode::TenantSuspended,
+        ]
+        .iter()
+        .any(|k| k.as_str() == c)
+    });
+    let _ = ack.send(&reply);
+    rt.metrics
+        .ack_seconds
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    if fatal {
+        // The client must come back with a new token.
+        let _ = s.disconnect();
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -582,72 +648,76 @@ fn position(p: caas_bus::LogPosition) -> Value {
     json!({"partition": p.partition, "position": p.offset, "server_time": now_rfc3339()})
 }
 
-fn events<A: Adapter>(rt: &Arc<Rt<A>>, s: &SocketRef<A>) {
-    on(rt, s, "message.send", |rt, _s, caller, data| async move {
-        let req: SendReq = parse(data)?;
-        let done = write::send(
-            &rt.app,
-            &caller,
-            &req.conversation_id,
-            NewMessage {
-                text: req.text,
-                client_msg_id: req.client_msg_id,
-                parent_id: req.parent_id,
-                attachments: req.attachments,
-            },
-        )
-        .await?;
-        Ok(json!({
-            "message_id": done.message.id,
-            "partition": done.partition,
-            "position": done.position,
-            "server_time": now_rfc3339(),
-            "message": done.message,
-        }))
-    });
-    on(rt, s, "message.edit", |rt, _s, caller, data| async move {
-        let req: EditReq = parse(data)?;
-        let done = write::edit(
-            &rt.app,
-            &caller,
-            &req.conversation_id,
-            req.message_id,
-            req.text,
-        )
-        .await?;
-        Ok(json!({
-            "message_id": done.message.id,
-            "partition": done.partition,
-            "position": done.position,
-            "server_time": now_rfc3339(),
-        }))
-    });
-    on(rt, s, "message.delete", |rt, _s, caller, data| async move {
-        let req: MessageRef = parse(data)?;
-        let pos = write::delete(&rt.app, &caller, &req.conversation_id, req.message_id).await?;
-        let mut v = pos
-            .map(position)
-            .unwrap_or_else(|| json!({"server_time": now_rfc3339()}));
-        v["message_id"] = json!(req.message_id);
-        Ok(v)
-    });
-    on(rt, s, "reaction.add", |rt, _s, caller, data| async move {
-        let req: ReactionReq = parse(data)?;
-        let pos = write::add_reaction(
-            &rt.app,
-            &caller,
-            &req.conversation_id,
-            req.message_id,
-            req.kind,
-        )
-        .await?;
-        Ok(position(pos))
-    });
-    on(
-        rt,
-        s,
-        "reaction.remove",
-        |rt, _s, caller, data| async move {
+/// What each client event does; its result is the ack's body.
+async fn dispatch<A: Adapter>(
+    rt: &Rt<A>,
+    s: &SocketRef<A>,
+    event: ClientEvent,
+    caller: Caller,
+    data: Option<Value>,
+) -> Result<Value, ApiError> {
+    match event {
+        ClientEvent::MessageSend => {
+            let req: SendReq = parse(data)?;
+            let done = write::send(
+                &rt.app,
+                &caller,
+                &req.conversation_id,
+                NewMessage {
+                    text: req.text,
+                    client_msg_id: req.client_msg_id,
+                    parent_id: req.parent_id,
+                    attachments: req.attachments,
+                },
+            )
+            .await?;
+            Ok(json!({
+                "message_id": done.message.id,
+                "partition": done.partition,
+                "position": done.position,
+                "server_time": now_rfc3339(),
+                "message": done.message,
+            }))
+        }
+        ClientEvent::MessageEdit => {
+            let req: EditReq = parse(data)?;
+            let done = write::edit(
+                &rt.app,
+                &caller,
+                &req.conversation_id,
+                req.message_id,
+                req.text,
+            )
+            .await?;
+            Ok(json!({
+                "message_id": done.message.id,
+                "partition": done.partition,
+                "position": done.position,
+                "server_time": now_rfc3339(),
+            }))
+        }
+        ClientEvent::MessageDelete => {
+            let req: MessageRef = parse(data)?;
+            let pos = write::delete(&rt.app, &caller, &req.conversation_id, req.message_id).await?;
+            let mut v = pos
+                .map(position)
+                .unwrap_or_else(|| json!({"server_time": now_rfc3339()}));
+            v["message_id"] = json!(req.message_id);
+            Ok(v)
+        }
+        ClientEvent::ReactionAdd => {
+            let req: ReactionReq = parse(data)?;
+            let pos = write::add_reaction(
+                &rt.app,
+                &caller,
+                &req.conversation_id,
+                req.message_id,
+                req.kind,
+            )
+            .await?;
+            Ok(position(pos))
+        }
+        ClientEvent::ReactionRemove => {
             let req: ReactionReq = parse(data)?;
             let pos = write::remove_reaction(
                 &rt.app,
@@ -659,57 +729,53 @@ fn events<A: Adapter>(rt: &Arc<Rt<A>>, s: &SocketRef<A>) {
             )
             .await?;
             Ok(position(pos))
-        },
-    );
-    on(rt, s, "read.mark", |rt, _s, caller, data| async move {
-        let req: ReadReq = parse(data)?;
-        let m = write::mark_read(&rt.app, &caller, &req.conversation_id, req.position).await?;
-        Ok(json!({
-            "last_read_position": m.last_read_position,
-            "unread_count": m.unread_count,
-            "server_time": now_rfc3339(),
-        }))
-    });
-    on(rt, s, "channel.join", |rt, _s, caller, data| async move {
-        let req: ConversationRef = parse(data)?;
-        let user = caller.user().clone();
-        let m = write::add_member(&rt.app, &caller, &req.conversation_id, user, None).await?;
-        Ok(json!({"member": m, "server_time": now_rfc3339()}))
-    });
-    on(rt, s, "channel.leave", |rt, _s, caller, data| async move {
-        let req: ConversationRef = parse(data)?;
-        let user = caller.user().clone();
-        write::remove_member(&rt.app, &caller, &req.conversation_id, user).await?;
-        Ok(json!({"server_time": now_rfc3339()}))
-    });
-    on(rt, s, "typing.start", |rt, s, caller, data| async move {
-        typing(&rt, &s, &caller, data, true).await
-    });
-    on(rt, s, "typing.stop", |rt, s, caller, data| async move {
-        typing(&rt, &s, &caller, data, false).await
-    });
-    on(rt, s, "presence.get", |rt, s, caller, data| async move {
-        let req: ConversationRef = parse(data)?;
-        member_of(&rt, &s, &caller, &req.conversation_id).await?;
-        let members = rt
-            .app
-            .store
-            .list_members(caller.tenant(), &req.conversation_id, None, 500)
-            .await?;
-        let users: Vec<UserId> = members.into_iter().map(|m| m.user_id).collect();
-        let online = rt
-            .presence
-            .online(caller.tenant(), &users)
-            .await
-            .map_err(ApiError::unavailable)?;
-        let online: Vec<&UserId> = users
-            .iter()
-            .zip(online)
-            .filter(|(_, o)| *o)
-            .map(|(u, _)| u)
-            .collect();
-        Ok(json!({"conversation_id": req.conversation_id, "online": online}))
-    });
+        }
+        ClientEvent::ReadMark => {
+            let req: ReadReq = parse(data)?;
+            let m = write::mark_read(&rt.app, &caller, &req.conversation_id, req.position).await?;
+            Ok(json!({
+                "last_read_position": m.last_read_position,
+                "unread_count": m.unread_count,
+                "server_time": now_rfc3339(),
+            }))
+        }
+        ClientEvent::ChannelJoin => {
+            let req: ConversationRef = parse(data)?;
+            let user = caller.user().clone();
+            let m = write::add_member(&rt.app, &caller, &req.conversation_id, user, None).await?;
+            Ok(json!({"member": m, "server_time": now_rfc3339()}))
+        }
+        ClientEvent::ChannelLeave => {
+            let req: ConversationRef = parse(data)?;
+            let user = caller.user().clone();
+            write::remove_member(&rt.app, &caller, &req.conversation_id, user).await?;
+            Ok(json!({"server_time": now_rfc3339()}))
+        }
+        ClientEvent::TypingStart => typing(rt, s, &caller, data, true).await,
+        ClientEvent::TypingStop => typing(rt, s, &caller, data, false).await,
+        ClientEvent::PresenceGet => {
+            let req: ConversationRef = parse(data)?;
+            member_of(rt, s, &caller, &req.conversation_id).await?;
+            let members = rt
+                .app
+                .store
+                .list_members(caller.tenant(), &req.conversation_id, None, 500)
+                .await?;
+            let users: Vec<UserId> = members.into_iter().map(|m| m.user_id).collect();
+            let online = rt
+                .presence
+                .online(caller.tenant(), &users)
+                .await
+                .map_err(ApiError::unavailable)?;
+            let online: Vec<&UserId> = users
+                .iter()
+                .zip(online)
+                .filter(|(_, o)| *o)
+                .map(|(u, _)| u)
+                .collect();
+            Ok(json!({"conversation_id": req.conversation_id, "online": online}))
+        }
+    }
 }
 
 /// Ephemeral events need membership: the socket's rooms say so at no cost; otherwise the store
@@ -757,4 +823,43 @@ async fn typing<A: Adapter>(
         .await
         .map_err(ApiError::unavailable)?;
     Ok(json!({}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClientEvent;
+
+    #[test]
+    fn every_client_event_is_found_by_its_name_and_no_other() {
+        let names: Vec<&str> = ClientEvent::ALL.iter().map(|e| e.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "message.send",
+                "message.edit",
+                "message.delete",
+                "reaction.add",
+                "reaction.remove",
+                "read.mark",
+                "channel.join",
+                "channel.leave",
+                "typing.start",
+                "typing.stop",
+                "presence.get",
+            ]
+        );
+        for e in ClientEvent::ALL {
+            assert_eq!(ClientEvent::from_name(e.name()), Some(e));
+        }
+        for unknown in [
+            "",
+            "message",
+            "message.send ",
+            "MESSAGE.SEND",
+            "session",
+            "error",
+        ] {
+            assert_eq!(ClientEvent::from_name(unknown), None, "{unknown:?}");
+        }
+    }
 }

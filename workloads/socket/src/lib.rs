@@ -69,10 +69,12 @@ pub fn builder(cfg: &caas_config::SocketConfig) -> socketioxide::SocketIoBuilder
 }
 /// A Socket.IO request as socketioxide gets it: an owned copy of the URI and of the only header
 /// it reads (`Sec-WebSocket-Key`), the rest of the headers dropped; method, version, extensions
-/// (the upgrade handle, the peer address) and body kept. socketioxide keeps the handshake
-/// request's parts for the life of the connection, and hyper's parsed URI and header values
-/// are slices of the connection's read buffer: kept, they pin that buffer (kilobytes per idle
-/// connection). Other requests pass untouched.
+/// (the upgrade handle, the peer address) and body kept, axum's `OriginalUri` replaced by the
+/// owned copy. socketioxide keeps the handshake request's parts for the life of the
+/// connection, and hyper's parsed URI and header values are slices of the connection's read
+/// buffer (up to 16 KiB): kept, they pin that buffer. axum's router puts a clone of the parsed
+/// URI in the extensions (`OriginalUri`) before any layer runs, so that one must be replaced
+/// too, or the buffer stays pinned. Other requests pass untouched.
 pub fn own_socketio_request<B>(req: axum::http::Request<B>) -> axum::http::Request<B> {
     if !req.uri().path().starts_with("/socket.io") {
         return req;
@@ -80,6 +82,14 @@ pub fn own_socketio_request<B>(req: axum::http::Request<B>) -> axum::http::Reque
     let (mut parts, body) = req.into_parts();
     if let Ok(uri) = axum::http::Uri::try_from(parts.uri.to_string()) {
         parts.uri = uri;
+    }
+    if parts
+        .extensions
+        .remove::<axum::extract::OriginalUri>()
+        .is_some()
+    {
+        let owned = axum::extract::OriginalUri(parts.uri.clone());
+        parts.extensions.insert(owned);
     }
     let mut headers = axum::http::HeaderMap::with_capacity(1);
     if let Some(key) = parts.headers.get(axum::http::header::SEC_WEBSOCKET_KEY)
@@ -253,5 +263,56 @@ pub async fn mount(
             let r = start(io, app, presence, metrics).await?;
             Ok((mount_layer(router, layer), mounted(r)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Bytes;
+    use axum::extract::OriginalUri;
+    use axum::http::header::{SEC_WEBSOCKET_KEY, USER_AGENT};
+    use axum::http::{HeaderValue, Request, Uri};
+
+    const PATH: &str = "/socket.io/?EIO=4&transport=websocket";
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    /// A request as hyper and axum's router hand it over: URI and header values are slices of
+    /// one read buffer, and `OriginalUri` is a clone of the URI.
+    fn parsed(buf: &Bytes, path_len: usize) -> Request<()> {
+        let uri = Uri::from_maybe_shared(buf.slice(..path_len)).expect("uri");
+        let key = HeaderValue::from_maybe_shared(buf.slice(path_len..)).expect("key");
+        let ua = HeaderValue::from_maybe_shared(buf.slice(path_len..path_len + 4)).expect("ua");
+        let mut req = Request::get(uri.clone())
+            .header(SEC_WEBSOCKET_KEY, key)
+            .header(USER_AGENT, ua)
+            .body(())
+            .expect("request");
+        req.extensions_mut().insert(OriginalUri(uri));
+        req
+    }
+
+    #[test]
+    fn a_socketio_request_keeps_nothing_of_the_read_buffer() {
+        let buf = Bytes::from(format!("{PATH}{KEY}").into_bytes());
+        let req = own_socketio_request(parsed(&buf, PATH.len()));
+        assert!(buf.is_unique(), "the read buffer is still referenced");
+        assert_eq!(req.uri(), PATH);
+        assert_eq!(req.headers().len(), 1);
+        assert_eq!(req.headers()[SEC_WEBSOCKET_KEY], KEY);
+        let original = req
+            .extensions()
+            .get::<OriginalUri>()
+            .expect("OriginalUri kept");
+        assert_eq!(original.0, PATH);
+    }
+
+    #[test]
+    fn other_requests_pass_untouched() {
+        let path = "/v1/conversations";
+        let buf = Bytes::from(format!("{path}{KEY}").into_bytes());
+        let req = own_socketio_request(parsed(&buf, path.len()));
+        assert!(!buf.is_unique());
+        assert_eq!(req.headers().len(), 2);
     }
 }
