@@ -299,7 +299,7 @@ function messageItem(m) {
   const body = h("div", { class: "text" });
   if (m.deleted_at) {
     body.classList.add("deleted");
-    body.textContent = "message deleted";
+    body.textContent = m.rejected ? `not delivered (${m.rejected})` : "message deleted";
   } else if (m.html) {
     body.innerHTML = m.html; // rendered and sanitized by the server
   } else {
@@ -685,6 +685,11 @@ function connect() {
   })));
   socket.on("message.deleted", (e) => onMessageChanged(e, (m) => Object.assign(m, {
     text: "", html: "", attachments: [], deleted_at: e.deleted_at || new Date().toISOString(),
+  })));
+  // The pipeline refused a message shown from the log (e.g. its sender had just left): it was
+  // never stored.
+  socket.on("message.rejected", (e) => onMessageChanged(e, (m) => Object.assign(m, {
+    text: "", html: "", attachments: [], deleted_at: e.at || new Date().toISOString(), rejected: e.code,
   })));
   socket.on("reaction.added", (e) => onReaction(e, true));
   socket.on("reaction.removed", (e) => onReaction(e, false));

@@ -40,6 +40,11 @@ pub enum ConversationEvent {
     /// conversations, for members' screens and search.
     #[serde(rename = "user.updated")]
     UserUpdated(UserChanged),
+    /// The pipeline refused a `message.created` that is on the log (e.g. the sender left the
+    /// conversation before it was stored): it is not stored, and whoever showed or indexed it
+    /// from the log takes it back.
+    #[serde(rename = "message.rejected")]
+    MessageRejected(MessageRejected),
 }
 
 impl ConversationEvent {
@@ -57,6 +62,7 @@ impl ConversationEvent {
             Self::MemberUpdated(_) => "member.updated",
             Self::ConversationUpdated(_) => "conversation.updated",
             Self::UserUpdated(_) => "user.updated",
+            Self::MessageRejected(_) => "message.rejected",
         }
     }
 }
@@ -179,6 +185,17 @@ pub struct ConversationChanged {
     pub topic: Option<String>,
     pub archived: bool,
     pub by: UserId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A message the pipeline refused, with the stable code of why (`not_member`,
+/// `tenant_suspended`, `text_empty`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRejected {
+    pub message_id: MessageId,
+    pub sender_id: UserId,
+    pub code: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }

@@ -157,6 +157,7 @@ pub async fn finish(ctx: &Ctx, batch: &[Delivery], prepared: Prepared) -> Result
         let started = Instant::now();
         for (i, e) in &dead {
             crate::dead_letter::send(ctx, &batch[*i], e, 1).await?;
+            crate::dead_letter::announce_rejection(ctx, &batch[*i], e).await;
         }
         let next: Vec<(i32, i64)> = last_positions(batch)
             .iter()

@@ -10,10 +10,13 @@
 //! meantime stays stored once).
 
 use crate::ctx::{Ctx, Stopped};
-use crate::error::{Stage, StageError};
+use crate::error::{Stage, StageError, codes};
 use base64::Engine as _;
-use caas_bus::{Bus, Delivery, HEADER_EVENT_TYPE, HEADER_TENANT, LogPosition, Record, topics};
-use caas_domain::TenantId;
+use caas_bus::{
+    Bus, Delivery, Envelope, HEADER_EVENT_TYPE, HEADER_TENANT, LogPosition, Record, topics,
+};
+use caas_domain::event::{ConversationEvent, MessageRejected, SCHEMA_VERSION};
+use caas_domain::{ConversationId, TenantId};
 use caas_store::{DeadLetter, DeadLetterStatus, PayloadEncoding, Store, StoreError};
 use time::OffsetDateTime;
 
@@ -123,6 +126,57 @@ pub fn record(dl: &DeadLetter, payload: bytes::Bytes) -> Record {
 }
 
 /// Writes the dead letter of `d` to the topic and the collection, waiting out outages.
+/// When the refused record is a new message, announces `message.rejected` on its conversation:
+/// realtime fan-out and search read the log before the pipeline decides, so they may have shown
+/// or indexed it, and take it back. Not for a record that does not decode, has no valid
+/// conversation key or names an unknown tenant (no member could have been shown it). Best
+/// effort, after the dead letter is durable: a failure is logged.
+pub async fn announce_rejection(ctx: &Ctx, d: &Delivery, err: &StageError) {
+    if err.code == codes::UNKNOWN_TENANT {
+        return;
+    }
+    let Ok(env) = Envelope::<ConversationEvent>::from_delivery(d) else {
+        return;
+    };
+    let ConversationEvent::MessageCreated(m) = &env.event else {
+        return;
+    };
+    if ConversationId::parse(env.key.as_str()).is_err() {
+        return;
+    }
+    let at = OffsetDateTime::now_utc();
+    let rejection = Envelope {
+        v: SCHEMA_VERSION,
+        // The same id on every attempt: consumers may de-duplicate by it.
+        id: uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_OID,
+            format!("rejected/{}/{}", env.tenant_id, m.message_id).as_bytes(),
+        ),
+        tenant_id: env.tenant_id.clone(),
+        key: env.key.clone(),
+        correlation_id: env.correlation_id.clone(),
+        occurred_at: at,
+        event: ConversationEvent::MessageRejected(MessageRejected {
+            message_id: m.message_id,
+            sender_id: m.sender_id.clone(),
+            code: err.code.to_string(),
+            at,
+        }),
+    };
+    if let Err(e) = rejection
+        .publish(
+            ctx.bus.as_ref(),
+            topics::CONVERSATION_EVENTS,
+            "message.rejected",
+        )
+        .await
+    {
+        ctx.count(&StageError::bus(Stage::DeadLetter, &e));
+        tracing::warn!(error = %e, message_id = %m.message_id, tenant_id = %env.tenant_id,
+            "Failed to announce a rejected message; sockets and search may still show it.");
+    }
+}
+
 pub async fn send(ctx: &Ctx, d: &Delivery, err: &StageError, attempts: u32) -> Result<(), Stopped> {
     let dl = build(d, err, attempts);
     tracing::warn!(

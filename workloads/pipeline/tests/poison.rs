@@ -2,17 +2,19 @@
 //! an unknown tenant, a suspended tenant and a sender who is not a member each become a dead
 //! letter — on the dead-letter topic and in the store's collection, with stage, code, attempts
 //! and the original headers — while the messages around them in the same partition are stored.
-//! After the cause is fixed, a replay stores them, once; a second replay is refused; a discard
-//! sticks.
+//! A refused new message is announced as `message.rejected` on its conversation (for fan-out
+//! and search, which read the log before the pipeline decides). After the cause is fixed, a
+//! replay stores them, once; a second replay is refused; a discard sticks.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use bytes::Bytes;
 use caas_bus::embedded::EmbeddedLog;
-use caas_bus::{Bus, HEADER_TENANT, Record, topics};
+use caas_bus::{Bus, Envelope, HEADER_TENANT, Record, topics};
 use caas_config::PipelineConfig;
 use caas_domain::MessageId;
+use caas_domain::event::ConversationEvent;
 use caas_domain::model::TenantStatus;
 use caas_pipeline::dead_letter::{self, ResolveError};
 use caas_store::sqlite::SqliteStore;
@@ -228,6 +230,31 @@ async fn poison_records_become_dead_letters_and_replay_once_after_a_fix() {
         || async { (running.metrics.dead_lettered_with("not_member") == 1).then_some(()) },
     )
     .await;
+
+    // The refused messages that fan-out and search may have shown are taken back on the log:
+    // `message.rejected` for the suspended tenant's and the stranger's, none for the unknown
+    // tenant's (nobody could see it) or the malformed record (no message to name).
+    let events = read_topic(log.as_ref(), topics::CONVERSATION_EVENTS, 12).await;
+    let mut rejected: Vec<(String, MessageId, String)> = events
+        .iter()
+        .filter_map(|d| {
+            let env = Envelope::<ConversationEvent>::from_delivery(d).ok()?;
+            match env.event {
+                ConversationEvent::MessageRejected(r) => {
+                    Some((env.tenant_id.to_string(), r.message_id, r.code))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    rejected.sort();
+    let mut want = vec![
+        (s("acme"), from_stranger, s("not_member")),
+        (s("frozen"), from_frozen, s("tenant_suspended")),
+    ];
+    want.sort();
+    assert_eq!(rejected, want);
+    assert_eq!(events.len(), 12, "10 records and 2 rejections");
 
     // Fix the causes: add eve, resume the frozen tenant, create the ghost tenant and its room.
     store

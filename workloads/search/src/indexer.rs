@@ -14,7 +14,7 @@
 use crate::engine::Engine;
 use crate::index::{ConversationDoc, Generation, MessageDoc, Op, UserDoc};
 use caas_bus::{Consumer, Delivery, DynBus, Envelope, last_positions, topics};
-use caas_domain::event::ConversationEvent;
+use caas_domain::event::{ConversationEvent, MessageDeleted, MessageRejected};
 use caas_domain::model::{Conversation, User};
 use caas_domain::{ConversationId, TenantId, UserId};
 use caas_store::{DynStore, StoreError};
@@ -206,8 +206,10 @@ fn operations(
                     }
                 }
             }
-            ConversationEvent::MessageDeleted(m) => {
-                let id = m.message_id.to_string();
+            // A rejected message was never stored: it goes, as a deleted one does.
+            ConversationEvent::MessageRejected(MessageRejected { message_id, .. })
+            | ConversationEvent::MessageDeleted(MessageDeleted { message_id, .. }) => {
+                let id = message_id.to_string();
                 pending.insert((tenant.clone(), id.clone()), None);
                 ops.push(Op::DeleteMessage { tenant, id });
                 report.indexed += 1;

@@ -14,7 +14,7 @@ use caas_bus::{DynBus, Envelope, LogPosition, topics};
 use caas_config::{Config, KafkaConfig, SearchConfig};
 use caas_domain::event::{
     ConversationChanged, ConversationEvent, MemberChanged, MessageCreated, MessageDeleted,
-    MessageUpdated, SCHEMA_VERSION,
+    MessageRejected, MessageUpdated, SCHEMA_VERSION,
 };
 use caas_domain::model::{
     Conversation, ConversationKind, Member, Quotas, Role, Tenant, TenantStatus, User,
@@ -581,9 +581,27 @@ async fn edits_deletes_and_renames_are_visible() {
     let n = send(&w, "acme", "room", "ann", "ephemeral words", 2).await;
     publish(&w.bus, "acme", "room", edited(n, "ann", "ephemeral edited")).await;
     publish(&w.bus, "acme", "room", deleted(n, "ann")).await;
+    // A message the pipeline refused (`message.rejected`) is taken back too.
+    let r = send(&w, "acme", "room", "ann", "refused armadillo", 3).await;
+    publish(
+        &w.bus,
+        "acme",
+        "room",
+        ConversationEvent::MessageRejected(MessageRejected {
+            message_id: r,
+            sender_id: uid("ann"),
+            code: "not_member".into(),
+            at: at(4),
+        }),
+    )
+    .await;
     w.caught_up().await;
     assert_eq!(w.texts("acme", "ann", "fox").await.len(), 1);
     assert!(w.texts("acme", "ann", "ephemeral").await.is_empty());
+    assert!(
+        w.texts("acme", "ann", "armadillo").await.is_empty(),
+        "rejected"
+    );
 
     publish(&w.bus, "acme", "room", edited(m, "ann", "the lazy dog")).await;
     w.caught_up().await;

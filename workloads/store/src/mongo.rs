@@ -2107,7 +2107,8 @@ impl Store for MongoStore {
                 | ConversationEvent::MemberRemoved(_)
                 | ConversationEvent::MemberUpdated(_)
                 | ConversationEvent::ConversationUpdated(_)
-                | ConversationEvent::UserUpdated(_) => Outcome::Applied,
+                | ConversationEvent::UserUpdated(_)
+                | ConversationEvent::MessageRejected(_) => Outcome::Applied,
             };
             match outcome {
                 Outcome::Applied => report.applied += 1,

@@ -574,7 +574,8 @@ fn apply_one(c: &Connection, pending: &mut Pending, ev: &LogEvent) -> Result<Out
         | ConversationEvent::MemberRemoved(_)
         | ConversationEvent::MemberUpdated(_)
         | ConversationEvent::ConversationUpdated(_)
-        | ConversationEvent::UserUpdated(_) => {
+        | ConversationEvent::UserUpdated(_)
+        | ConversationEvent::MessageRejected(_) => {
             if load_conversation(c, t, conv_id)?.is_none() {
                 return Ok(Outcome::Skipped);
             }
