@@ -88,51 +88,6 @@ fn sqlerr(e: rusqlite::Error) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
-fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
-    let c = Connection::open(path)?;
-    c.busy_timeout(Duration::from_secs(10))?;
-    c.pragma_update(None, "journal_mode", "WAL")?;
-    c.pragma_update(None, "synchronous", "FULL")?;
-    c.set_prepared_statement_cache_capacity(64);
-    // Checkpoints run on a thread of their own ([`checkpointer`]), not inside a commit.
-    c.pragma_update(None, "wal_autocheckpoint", 0)?;
-    Ok(c)
-}
-
-/// Checkpoints the WAL of `path` every 200 ms from a connection of its own for as long as
-/// `owner` lives, so that no commit ever waits for a checkpoint (with SQLite's automatic
-/// checkpoints the commit that crosses the threshold copies the WAL into the database).
-/// PASSIVE: it never blocks the writer or readers, and catches up on the next round when a
-/// reader holds an old snapshot.
-fn checkpointer<T: Send + Sync + 'static>(path: &Path, owner: std::sync::Weak<T>) {
-    let path = path.to_path_buf();
-    let spawned = std::thread::Builder::new()
-        .name("caas-checkpoint".into())
-        .spawn(move || {
-            let conn = match Connection::open(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "Failed to open the checkpoint connection.");
-                    return;
-                }
-            };
-            if let Err(e) = conn.busy_timeout(std::time::Duration::from_secs(1)) {
-                tracing::warn!(error = %e, "Failed to set the checkpoint busy timeout.");
-            }
-            while owner.strong_count() > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying.");
-                }
-            }
-            // The owner is gone: fold the WAL in completely.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "Failed to start the checkpoint thread.");
-    }
-}
-
 impl EmbeddedLog {
     /// Opens (creating when missing) the log file. `partitions` applies to every topic and must
     /// not change for an existing file: the order of a conversation is its partition's order.
@@ -143,7 +98,7 @@ impl EmbeddedLog {
         {
             std::fs::create_dir_all(dir).map_err(|e| BusError::Internal(e.to_string()))?;
         }
-        let writer = open_conn(&path).map_err(sqlerr)?;
+        let writer = caas_sqlite::open(&path).map_err(sqlerr)?;
         writer.execute_batch(SCHEMA).map_err(sqlerr)?;
         migrate(&writer).map_err(sqlerr)?;
         check_partitions(&writer, partitions.max(1))?;
@@ -194,7 +149,7 @@ impl EmbeddedLog {
             .name("caas-log-writer".into())
             .spawn(move || writer_loop(writer, rx, writer_heads, version_tx))
             .map_err(|e| BusError::Internal(e.to_string()))?;
-        let reader = open_conn(&path).map_err(sqlerr)?;
+        let reader = caas_sqlite::open(&path).map_err(sqlerr)?;
         let inner = Arc::new(Inner {
             path,
             partitions: partitions.max(1),
@@ -203,7 +158,7 @@ impl EmbeddedLog {
             version,
             reader: Mutex::new(reader),
         });
-        checkpointer(&inner.path, Arc::downgrade(&inner));
+        caas_sqlite::checkpointer(&inner.path, Arc::downgrade(&inner));
         Ok(Self { inner })
     }
 
@@ -426,7 +381,7 @@ impl Bus for EmbeddedLog {
     }
 
     async fn consumer(&self, group: &str, topics: &[&str]) -> Result<Box<dyn Consumer>> {
-        let conn = open_conn(&self.inner.path).map_err(sqlerr)?;
+        let conn = caas_sqlite::open(&self.inner.path).map_err(sqlerr)?;
         let mut next = HashMap::new();
         for topic in topics {
             for p in 0..self.inner.partitions as i32 {
@@ -466,7 +421,7 @@ impl Bus for EmbeddedLog {
     }
 
     async fn reader(&self, topic: &str, from: &[(i32, i64)]) -> Result<Box<dyn Reader>> {
-        let conn = open_conn(&self.inner.path).map_err(sqlerr)?;
+        let conn = caas_sqlite::open(&self.inner.path).map_err(sqlerr)?;
         let next = from
             .iter()
             .map(|(p, o)| ((topic.to_string(), *p), (*o).max(0)))

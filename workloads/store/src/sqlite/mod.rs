@@ -97,50 +97,10 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
-    let c = Connection::open(path)?;
-    c.busy_timeout(std::time::Duration::from_secs(10))?;
-    c.pragma_update(None, "journal_mode", "WAL")?;
-    c.pragma_update(None, "synchronous", "FULL")?;
+    let c = caas_sqlite::open(path)?;
     c.pragma_update(None, "foreign_keys", "OFF")?;
     c.pragma_update(None, "cache_size", -16_000)?;
-    c.set_prepared_statement_cache_capacity(64);
-    // Checkpoints run on a thread of their own ([`checkpointer`]), not inside a commit.
-    c.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok(c)
-}
-
-/// Checkpoints the WAL of `path` every 200 ms from a connection of its own for as long as
-/// `owner` lives, so that no commit ever waits for a checkpoint (with SQLite's automatic
-/// checkpoints the commit that crosses the threshold copies the WAL into the database).
-/// PASSIVE: it never blocks the writer or readers, and catches up on the next round when a
-/// reader holds an old snapshot.
-fn checkpointer<T: Send + Sync + 'static>(path: &Path, owner: std::sync::Weak<T>) {
-    let path = path.to_path_buf();
-    let spawned = std::thread::Builder::new()
-        .name("caas-checkpoint".into())
-        .spawn(move || {
-            let conn = match Connection::open(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "Failed to open the checkpoint connection.");
-                    return;
-                }
-            };
-            if let Err(e) = conn.busy_timeout(std::time::Duration::from_secs(1)) {
-                tracing::warn!(error = %e, "Failed to set the checkpoint busy timeout.");
-            }
-            while owner.strong_count() > 0 {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying.");
-                }
-            }
-            // The owner is gone: fold the WAL in completely.
-            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "Failed to start the checkpoint thread.");
-    }
 }
 
 fn internal(e: impl std::fmt::Display) -> StoreError {
@@ -217,7 +177,7 @@ impl SqliteStore {
             readers,
             next_reader: AtomicUsize::new(0),
         });
-        checkpointer(path, Arc::downgrade(&inner));
+        caas_sqlite::checkpointer(path, Arc::downgrade(&inner));
         Ok(Self { inner })
     }
 
