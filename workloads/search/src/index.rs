@@ -421,11 +421,30 @@ pub fn remove_other_generations(root: &Path, keep: Option<&str>) -> Result<usize
         if let Some(id) = name.strip_prefix("gen-")
             && Some(id) != keep
         {
-            std::fs::remove_dir_all(e.path())?;
+            remove_dir_settled(&e.path())?;
             n += 1;
         }
     }
     Ok(n)
+}
+
+/// `remove_dir_all`, tried again for up to 2 s while the directory keeps getting files: a
+/// retired generation's writer can still be finishing a segment merge in the background (its
+/// last handle was just dropped), and a file created during the removal makes it fail with
+/// "directory not empty".
+fn remove_dir_settled(dir: &Path) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]
