@@ -77,21 +77,8 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
     )
     .await?;
     let health = {
-        let (store, bus, repo, blobs) = (
-            store.clone(),
-            bus.clone(),
-            state.repo.clone(),
-            state.blobs.clone(),
-        );
-        Health::builder()
-            .check("store", move || {
-                let store = store.clone();
-                async move { store.ping().await.map_err(|e| e.to_string()) }
-            })
-            .check("log", move || {
-                let bus = bus.clone();
-                async move { bus.ping().await.map_err(|e| e.to_string()) }
-            })
+        let (repo, blobs) = (state.repo.clone(), state.blobs.clone());
+        wire::store_and_log_checks(Health::builder(), &store, &bus)
             .check("media-metadata", move || {
                 let repo = repo.clone();
                 async move { repo.ping().await.map_err(|e| e.to_string()) }

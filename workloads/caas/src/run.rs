@@ -84,18 +84,8 @@ pub async fn start_with(
     let (limiter, dedupe, redis) = wire::shared_state(&cfg).await?;
 
     let pipeline_health = Arc::new(PipelineHealth::default());
-    let mut health = Health::builder();
+    let mut health = wire::store_and_log_checks(Health::builder(), &store, &bus);
     {
-        let store = store.clone();
-        health = health.check("store", move || {
-            let store = store.clone();
-            async move { store.ping().await.map_err(|e| e.to_string()) }
-        });
-        let bus = bus.clone();
-        health = health.check("log", move || {
-            let bus = bus.clone();
-            async move { bus.ping().await.map_err(|e| e.to_string()) }
-        });
         if let Some(conn) = redis.clone() {
             health = health.check("redis", move || {
                 let mut conn = conn.clone();

@@ -103,16 +103,8 @@ pub async fn run(config: Option<&Path>) -> anyhow::Result<()> {
     let bus = wire::bus(&cfg.bus).await?;
     let state = state(&cfg, store.clone(), bus.clone(), &metrics).await?;
     let health = {
-        let (store, bus, engine) = (store.clone(), bus.clone(), state.engine.clone());
-        Health::builder()
-            .check("store", move || {
-                let store = store.clone();
-                async move { store.ping().await.map_err(|e| e.to_string()) }
-            })
-            .check("log", move || {
-                let bus = bus.clone();
-                async move { bus.ping().await.map_err(|e| e.to_string()) }
-            })
+        let engine = state.engine.clone();
+        wire::store_and_log_checks(Health::builder(), &store, &bus)
             .check("search-index", move || {
                 let engine = engine.clone();
                 async move { engine.check() }

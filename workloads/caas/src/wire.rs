@@ -110,3 +110,21 @@ pub fn admin_token(cfg: &Config) -> anyhow::Result<String> {
     );
     Ok(t)
 }
+
+/// Health checks every workload has: the store and the log answer a ping.
+pub fn store_and_log_checks(
+    health: caas_kit::health::HealthBuilder,
+    store: &DynStore,
+    bus: &DynBus,
+) -> caas_kit::health::HealthBuilder {
+    let (store, bus) = (store.clone(), bus.clone());
+    health
+        .check("store", move || {
+            let store = store.clone();
+            async move { store.ping().await.map_err(|e| e.to_string()) }
+        })
+        .check("log", move || {
+            let bus = bus.clone();
+            async move { bus.ping().await.map_err(|e| e.to_string()) }
+        })
+}

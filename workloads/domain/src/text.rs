@@ -88,35 +88,34 @@ pub fn render(text: &str) -> Rendered {
 
 /// Escapes text content as an HTML serialiser does.
 fn push_text(html: &mut String, s: &str) {
-    let mut last = 0;
-    for (i, c) in s.char_indices() {
-        let esc = match c {
-            '&' => "&amp;",
-            '<' => "&lt;",
-            '>' => "&gt;",
-            '\u{a0}' => "&nbsp;",
-            _ => continue,
-        };
-        html.push_str(&s[last..i]);
-        html.push_str(esc);
-        last = i + c.len_utf8();
-    }
-    html.push_str(&s[last..]);
+    push_escaped_by(html, s, |c| match c {
+        '&' => Some("&amp;"),
+        '<' => Some("&lt;"),
+        '>' => Some("&gt;"),
+        '\u{a0}' => Some("&nbsp;"),
+        _ => None,
+    });
 }
 
 /// Escapes a double-quoted attribute value as an HTML serialiser does.
 fn push_attribute(html: &mut String, s: &str) {
+    push_escaped_by(html, s, |c| match c {
+        '&' => Some("&amp;"),
+        '"' => Some("&quot;"),
+        '\u{a0}' => Some("&nbsp;"),
+        _ => None,
+    });
+}
+
+/// Appends `s`, each character that `entity` names replaced by that entity.
+fn push_escaped_by(html: &mut String, s: &str, entity: fn(char) -> Option<&'static str>) {
     let mut last = 0;
     for (i, c) in s.char_indices() {
-        let esc = match c {
-            '&' => "&amp;",
-            '"' => "&quot;",
-            '\u{a0}' => "&nbsp;",
-            _ => continue,
-        };
-        html.push_str(&s[last..i]);
-        html.push_str(esc);
-        last = i + c.len_utf8();
+        if let Some(esc) = entity(c) {
+            html.push_str(&s[last..i]);
+            html.push_str(esc);
+            last = i + c.len_utf8();
+        }
     }
     html.push_str(&s[last..]);
 }

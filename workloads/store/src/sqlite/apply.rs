@@ -2,15 +2,14 @@
 //! ([`apply_one`]), with what new messages do to their conversations gathered per batch
 //! ([`Pending`]).
 
-use super::{
-    internal, load_conversation, load_message, save_conversation, save_message, sql, to_json,
-};
+use super::{load_conversation, load_message, save_conversation, save_message, sql, to_json};
 use crate::{LogEvent, Result};
 use caas_domain::UserId;
 use caas_domain::event::ConversationEvent;
 use caas_domain::model::{Conversation, Message, Position};
 use rusqlite::{Connection, params};
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// What the new messages of a batch do to their conversations, gathered and written once per
 /// conversation ([`Pending::flush`]): the last-message preview and the members' unread counts.
@@ -36,21 +35,16 @@ impl Pending {
         t: &str,
         id: &str,
     ) -> Result<&'a mut PendingConversation> {
-        let key = (t.to_string(), id.to_string());
-        if !self.conversations.contains_key(&key) {
-            let conversation = load_conversation(c, t, id)?;
-            self.conversations.insert(
-                key.clone(),
-                PendingConversation {
-                    conversation,
+        Ok(
+            match self.conversations.entry((t.to_string(), id.to_string())) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(PendingConversation {
+                    conversation: load_conversation(c, t, id)?,
                     preview_changed: false,
                     unread: Vec::new(),
-                },
-            );
-        }
-        self.conversations
-            .get_mut(&key)
-            .ok_or_else(|| internal("pending conversation vanished"))
+                }),
+            },
+        )
     }
 
     /// Writes what was gathered and forgets it (the next event reads the store afresh).

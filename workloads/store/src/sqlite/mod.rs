@@ -181,6 +181,32 @@ impl SqliteStore {
         Ok(Self { inner })
     }
 
+    /// One page of a tenant's documents in `table` (keyed by `(tenant_id, id)`), by id, after
+    /// the id `after`: what the scans of rebuilds and admin listings walk with.
+    async fn keyset_page<T>(
+        &self,
+        table: &'static str,
+        tenant: &TenantId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let t = tenant.to_string();
+        let after = after.unwrap_or_default();
+        self.read(move |c| {
+            query_docs(
+                c,
+                &format!(
+                    "SELECT doc FROM {table} WHERE tenant_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                ),
+                params![t, after, limit],
+            )
+        })
+        .await
+    }
+
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -921,16 +947,8 @@ impl Store for SqliteStore {
         after: Option<&UserId>,
         limit: u32,
     ) -> Result<Vec<User>> {
-        let t = tenant.to_string();
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
-        self.read(move |c| {
-            query_docs(
-                c,
-                "SELECT doc FROM users WHERE tenant_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                params![t, after, limit],
-            )
-        })
-        .await
+        self.keyset_page("users", tenant, after.map(|a| a.to_string()), limit)
+            .await
     }
 
     async fn list_conversations(
@@ -939,17 +957,8 @@ impl Store for SqliteStore {
         after: Option<&ConversationId>,
         limit: u32,
     ) -> Result<Vec<Conversation>> {
-        let t = tenant.to_string();
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
-        self.read(move |c| {
-            query_docs(
-                c,
-                "SELECT doc FROM conversations WHERE tenant_id = ?1 AND id > ?2
-                 ORDER BY id LIMIT ?3",
-                params![t, after, limit],
-            )
-        })
-        .await
+        self.keyset_page("conversations", tenant, after.map(|a| a.to_string()), limit)
+            .await
     }
 
     async fn scan_messages(
@@ -958,16 +967,8 @@ impl Store for SqliteStore {
         after: Option<&MessageId>,
         limit: u32,
     ) -> Result<Vec<Message>> {
-        let t = tenant.to_string();
-        let after = after.map(|a| a.to_string()).unwrap_or_default();
-        self.read(move |c| {
-            query_docs(
-                c,
-                "SELECT doc FROM messages WHERE tenant_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
-                params![t, after, limit],
-            )
-        })
-        .await
+        self.keyset_page("messages", tenant, after.map(|a| a.to_string()), limit)
+            .await
     }
 
     async fn member_conversation_ids(
